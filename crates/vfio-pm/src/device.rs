@@ -1,0 +1,167 @@
+//! Opening a vfio-pci device by PCI address through the group/container interface.
+//!
+//! Preconditions are checked first so that the common mistakes (not bound to vfio-pci, no IOMMU,
+//! `/dev/vfio` missing, no permission, group held by another process) get a clear error rather
+//! than an errno from deep inside the open sequence. The container and group plumbing itself is
+//! `vfio-ioctls`.
+
+use crate::pci::PciAddress;
+use crate::sysfs::{Field, Sysfs, SysfsDevice, SysfsError};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::PathBuf;
+use std::sync::Arc;
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioError, VfioOps};
+
+/// Why a device could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// No such PCI device.
+    #[error(transparent)]
+    Sysfs(#[from] SysfsError),
+    /// Bound to another driver, or to none.
+    #[error("{address} is bound to {driver}, not vfio-pci (bind it: echo vfio-pci > .../driver_override; echo {address} > /sys/bus/pci/drivers_probe)")]
+    NotVfio {
+        /// The device.
+        address: PciAddress,
+        /// Its driver, or `none`.
+        driver: String,
+    },
+    /// The device has no IOMMU group.
+    #[error("{address} has no IOMMU group: enable the IOMMU (intel_iommu=on / amd_iommu=on)")]
+    NoIommuGroup {
+        /// The device.
+        address: PciAddress,
+    },
+    /// `/dev/vfio/vfio` or the group node is missing.
+    #[error("{path} does not exist: is the vfio module loaded?")]
+    NoDevVfio {
+        /// The missing node.
+        path: PathBuf,
+    },
+    /// Opening the container or group was refused.
+    #[error("permission denied opening {path}: run as root or grant access to the group node")]
+    Permission {
+        /// The node.
+        path: PathBuf,
+    },
+    /// The group is open elsewhere (a VMM holds it: VFIO groups are exclusive).
+    #[error("IOMMU group {group} of {address} is busy: another process (a VMM?) holds it")]
+    Busy {
+        /// The device.
+        address: PciAddress,
+        /// Its group.
+        group: u32,
+    },
+    /// Not every device in the group is bound to vfio-pci (or left unbound).
+    #[error("IOMMU group {group} of {address} is not viable: bind every device of the group to vfio-pci")]
+    NotViable {
+        /// The device.
+        address: PciAddress,
+        /// Its group.
+        group: u32,
+    },
+    /// Anything else from the VFIO open sequence.
+    #[error("opening {address} through VFIO failed: {source}")]
+    Vfio {
+        /// The device.
+        address: PciAddress,
+        /// vfio-ioctls' error.
+        #[source]
+        source: VfioError,
+    },
+}
+
+/// An open vfio-pci device: the device fd plus its sysfs directory.
+pub struct VfioPciDevice {
+    device: VfioDevice,
+    sysfs: SysfsDevice,
+}
+
+impl std::fmt::Debug for VfioPciDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VfioPciDevice")
+            .field("address", &self.sysfs.address())
+            .field("fd", &self.device.as_raw_fd())
+            .finish()
+    }
+}
+
+impl VfioPciDevice {
+    /// Opens `address` through `/dev/vfio/vfio` and its group node.
+    pub fn open(sysfs: &Sysfs, address: PciAddress) -> Result<Self, OpenError> {
+        Self::open_with_dev(sysfs, address, "/dev/vfio")
+    }
+
+    fn open_with_dev(sysfs: &Sysfs, address: PciAddress, dev_vfio: &str) -> Result<Self, OpenError> {
+        let dev = sysfs.device(address)?;
+        match dev.driver() {
+            Field::Known(d) if d == "vfio-pci" => {}
+            Field::Known(driver) => return Err(OpenError::NotVfio { address, driver }),
+            Field::Unknown { unknown } => {
+                return Err(OpenError::NotVfio {
+                    address,
+                    driver: unknown,
+                })
+            }
+        }
+        let group = match dev.iommu_group() {
+            Field::Known(g) => g,
+            Field::Unknown { .. } => return Err(OpenError::NoIommuGroup { address }),
+        };
+        for node in ["vfio".to_string(), group.to_string()] {
+            let path = PathBuf::from(dev_vfio).join(node);
+            match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(OpenError::NoDevVfio { path })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return Err(OpenError::Permission { path })
+                }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    return Err(OpenError::Busy { address, group })
+                }
+                Err(_) => {} // let vfio-ioctls report it with context
+            }
+        }
+        let container = VfioContainer::new(None).map_err(|source| OpenError::Vfio {
+            address,
+            source,
+        })?;
+        let ops: Arc<dyn VfioOps> = Arc::new(container);
+        let device = VfioDevice::new(dev.dir(), ops, false).map_err(|source| match source {
+            VfioError::GroupViable => OpenError::NotViable { address, group },
+            VfioError::OpenGroup(ref e, _) if e.raw_os_error() == Some(libc::EBUSY) => {
+                OpenError::Busy { address, group }
+            }
+            source => OpenError::Vfio { address, source },
+        })?;
+        Ok(Self { device, sysfs: dev })
+    }
+
+    /// The device's sysfs directory.
+    pub fn sysfs(&self) -> &SysfsDevice {
+        &self.sysfs
+    }
+
+    /// The PCI address.
+    pub fn address(&self) -> PciAddress {
+        self.sysfs.address()
+    }
+
+    /// Offset of VFIO region `index` within the device fd (for pread/pwrite), and its size.
+    pub fn region(&self, index: u32) -> (u64, u64) {
+        (
+            self.device.get_region_offset(index),
+            self.device.get_region_size(index),
+        )
+    }
+}
+
+impl AsFd for VfioPciDevice {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is owned by `self.device` and stays open for as long as `self` lives,
+        // which bounds the returned borrow.
+        unsafe { BorrowedFd::borrow_raw(self.device.as_raw_fd()) }
+    }
+}

@@ -1,0 +1,61 @@
+//! # vfio-pm
+//!
+//! Runtime power management for VFIO passthrough PCI devices (Linux 6.1+): the safe face of the
+//! kernel's `VFIO_DEVICE_FEATURE` low-power calls, opening vfio-pci devices by PCI address, and
+//! host power introspection from sysfs.
+//!
+//! - [`feature`]: PROBE / ENTRY / ENTRY_WITH_WAKEUP / EXIT on any VFIO device fd (`AsFd`), whether
+//!   it came from a group (`VFIO_GROUP_GET_DEVICE_FD`) or an iommufd cdev (`/dev/vfio/devices/vfioN`).
+//! - [`HostDevice`]: the seam between a host device and its two backends, the real kernel
+//!   ([`KernelDevice`]) and the simulated host (crate `vfio-pm-sim`); [`LowPower`] gives every
+//!   backend the typed calls.
+//! - [`sysfs`]: power state, runtime status, residency counters, firmware power resources and more,
+//!   with a configurable root.
+//!
+//! ```no_run
+//! use vfio_pm::{KernelDevice, LowPower, HostDevice, Sysfs};
+//! use vmm_sys_util::eventfd::EventFd;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dev = KernelDevice::open(&Sysfs::from_env(), "0000:00:05.0".parse()?)?;
+//! if dev.probe_low_power()?.entry_with_wakeup {
+//!     let wake = EventFd::new(0)?;
+//!     dev.enter_low_power_with_wakeup(&wake)?;
+//!     let now = dev.settle(Duration::from_secs(2))?; // e.g. "D3cold suspended"
+//!     println!("{now}");
+//!     dev.exit_low_power()?;
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! And the part that runs anywhere, reading a sysfs tree:
+//!
+//! ```
+//! let sysfs = vfio_pm::Sysfs::new("/nonexistent");
+//! assert!(sysfs.devices().is_err()); // a clear error, not a panic
+//! let addr: vfio_pm::PciAddress = "0000:00:05.0".parse().unwrap();
+//! assert_eq!(addr.devfn(), 0x28);
+//! ```
+#![deny(missing_docs)]
+
+pub mod device;
+pub mod error;
+pub mod feature;
+pub mod host;
+mod ioctl_nr;
+pub mod kernel;
+pub mod pci;
+pub mod power;
+pub mod sysfs;
+
+pub use device::{OpenError, VfioPciDevice};
+pub use error::FeatureError;
+pub use feature::{LowPowerFeature, Support};
+pub use host::{HostDevice, HostKnob, LowPower, BAR0_REGION, CONFIG_REGION};
+pub use kernel::KernelDevice;
+pub use nix::errno::Errno;
+pub use pci::{PciAddress, PciAddressError};
+pub use power::{PowerObservation, PowerState, RuntimeStatus};
+pub use sysfs::{DeviceReport, Field, Sysfs, SysfsDevice, SysfsError};
+pub use vmm_sys_util::eventfd::EventFd;
