@@ -1,1 +1,4 @@
-//! placeholder
+//! # vfio-pm-sim
+//!
+//! (in progress)
+#![deny(missing_docs)]
