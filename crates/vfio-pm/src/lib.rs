@@ -40,7 +40,9 @@
 #![deny(missing_docs)]
 
 pub mod device;
+pub mod doctor;
 pub mod error;
+pub mod fake_sysfs;
 pub mod feature;
 pub mod host;
 mod ioctl_nr;

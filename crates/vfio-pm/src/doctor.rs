@@ -1,0 +1,285 @@
+//! Whether a device can reach D3cold when idle, check by check, and what to change if not.
+//!
+//! The diagnosis reads sysfs only, plus (optionally) a probe of the kernel's low-power features
+//! through the device fd. Opening the fd wakes the device and is refused while a VMM holds the
+//! group, so the caller chooses: [`KernelSupport::Probe`] opens the device when nobody holds it,
+//! otherwise support is inferred from the kernel version and the check says so.
+
+use crate::device::OpenError;
+use crate::host::LowPower;
+use crate::kernel::KernelDevice;
+use crate::pci::PciAddress;
+use crate::sysfs::{DeviceReport, Field, Sysfs, SysfsError};
+use serde::Serialize;
+
+/// How to find out whether the kernel offers the low-power features.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KernelSupport {
+    /// Open the device and PROBE when no process holds it; infer from the version otherwise.
+    Probe,
+    /// Never open the device; infer from the kernel version.
+    InferFromVersion,
+}
+
+/// Outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Satisfied.
+    Pass,
+    /// Prevents D3cold.
+    Fail,
+    /// Does not prevent D3cold but is worth knowing.
+    Warn,
+    /// Could not be determined.
+    Unknown,
+}
+
+/// One check of the diagnosis.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    /// Short identifier, stable for scripts (e.g. `vfio_bound`).
+    pub id: &'static str,
+    /// The outcome.
+    pub verdict: Verdict,
+    /// What was found.
+    pub detail: String,
+    /// What to change, when the check does not pass.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// The whole diagnosis of one device.
+#[derive(Clone, Debug, Serialize)]
+pub struct Diagnosis {
+    /// The device.
+    pub address: PciAddress,
+    /// True when every blocking check passes: an idle device will reach D3cold.
+    pub d3cold_reachable: bool,
+    /// The deepest state an idle device is expected to reach (`D3cold`, `D3hot` or `D0`).
+    pub expected_idle_state: &'static str,
+    /// The checks, in the order they were made.
+    pub checks: Vec<Check>,
+}
+
+/// The kernel release this process runs on (`/proc/sys/kernel/osrelease`).
+pub fn kernel_release() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .ok()
+        .map(|s| s.trim().to_string())
+}
+
+/// `(major, minor)` of a release string such as `6.1.0-56-amd64`.
+pub fn parse_release(release: &str) -> Option<(u32, u32)> {
+    let mut it = release.split(|c: char| !c.is_ascii_digit());
+    Some((it.next()?.parse().ok()?, it.next()?.parse().ok()?))
+}
+
+fn check(id: &'static str, verdict: Verdict, detail: String, fix: Option<&str>) -> Check {
+    Check {
+        id,
+        verdict,
+        detail,
+        fix: fix.filter(|_| verdict != Verdict::Pass).map(str::to_string),
+    }
+}
+
+/// Diagnoses `address` under `sysfs`.
+pub fn diagnose(
+    sysfs: &Sysfs,
+    address: PciAddress,
+    support: KernelSupport,
+) -> Result<Diagnosis, SysfsError> {
+    let dev = sysfs.device(address)?;
+    let r: DeviceReport = dev.report();
+    let mut checks = Vec::new();
+    let bdf = address.to_string();
+
+    let vfio = r.is_vfio();
+    checks.push(check(
+        "vfio_bound",
+        if vfio { Verdict::Pass } else { Verdict::Fail },
+        format!("driver: {}", r.driver.display()),
+        Some(&format!(
+            "echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/drivers/{}/unbind; echo {bdf} > /sys/bus/pci/drivers_probe",
+            r.driver.known().map(String::as_str).unwrap_or("DRIVER")
+        )),
+    ));
+
+    let control = r.power_control.known().map(String::as_str);
+    checks.push(check(
+        "runtime_pm_allowed",
+        match control {
+            Some("auto") => Verdict::Pass,
+            Some(_) => Verdict::Fail,
+            None => Verdict::Unknown,
+        },
+        format!("power/control: {}", r.power_control.display()),
+        Some(&format!("echo auto > /sys/bus/pci/devices/{bdf}/power/control")),
+    ));
+
+    let d3c = r.d3cold_allowed.known().copied();
+    checks.push(check(
+        "d3cold_allowed",
+        match d3c {
+            Some(true) => Verdict::Pass,
+            Some(false) => Verdict::Fail,
+            None => Verdict::Unknown,
+        },
+        format!("d3cold_allowed: {}", r.d3cold_allowed.display()),
+        Some(&format!(
+            "echo 1 > /sys/bus/pci/devices/{bdf}/d3cold_allowed (if it reads back 0, the device has no PCI PM capability)"
+        )),
+    ));
+
+    let pr3 = match &r.power_resources_d3hot {
+        Field::Known(v) if !v.is_empty() => (Verdict::Pass, format!("_PR3: {}", v.join(", "))),
+        Field::Known(_) => (
+            Verdict::Fail,
+            "no power resources for D3hot (_PR3) in the device's ACPI node".into(),
+        ),
+        Field::Unknown { unknown } => (Verdict::Fail, format!("no _PR3: {unknown}")),
+    };
+    checks.push(check(
+        "firmware_power_resources",
+        pr3.0,
+        pr3.1,
+        Some("the platform firmware gives this slot no power resources: D3cold is impossible here, the kernel will use D3hot"),
+    ));
+
+    let idle = sysfs.vfio_disable_idle_d3();
+    checks.push(check(
+        "disable_idle_d3",
+        match idle.known() {
+            Some(false) => Verdict::Pass,
+            Some(true) => Verdict::Warn,
+            None => Verdict::Unknown,
+        },
+        format!("vfio_pci disable_idle_d3: {}", idle.display()),
+        Some("unused devices stay in D0 (low power still works while a VMM requests it); set vfio_pci.disable_idle_d3=0 unless the device fails to resume"),
+    ));
+
+    checks.push(kernel_support_check(sysfs, address, support, vfio));
+
+    match &r.parent_bridge {
+        Some(b) => {
+            let ok = b.power_control.known().map(String::as_str) == Some("auto");
+            checks.push(check(
+                "parent_bridge",
+                if ok { Verdict::Pass } else { Verdict::Fail },
+                format!(
+                    "upstream bridge {}: power/control {}, {} {}",
+                    b.address,
+                    b.power_control.display(),
+                    b.power_state.display(),
+                    b.runtime_status.display()
+                ),
+                Some(&format!(
+                    "echo auto > /sys/bus/pci/devices/{}/power/control",
+                    b.address
+                )),
+            ));
+        }
+        None => checks.push(check(
+            "parent_bridge",
+            Verdict::Pass,
+            "on a root bus (no upstream bridge to keep powered)".into(),
+            None,
+        )),
+    }
+
+    let blocking = |id: &str| {
+        checks
+            .iter()
+            .find(|c| c.id == id)
+            .is_some_and(|c| c.verdict == Verdict::Pass)
+    };
+    let d3cold_reachable = [
+        "vfio_bound",
+        "runtime_pm_allowed",
+        "d3cold_allowed",
+        "firmware_power_resources",
+        "kernel_support",
+        "parent_bridge",
+    ]
+    .iter()
+    .all(|id| blocking(id));
+    let expected_idle_state = if d3cold_reachable {
+        "D3cold"
+    } else if blocking("vfio_bound") && blocking("runtime_pm_allowed") && blocking("kernel_support")
+    {
+        "D3hot"
+    } else {
+        "D0"
+    };
+    Ok(Diagnosis {
+        address,
+        d3cold_reachable,
+        expected_idle_state,
+        checks,
+    })
+}
+
+fn kernel_support_check(
+    sysfs: &Sysfs,
+    address: PciAddress,
+    support: KernelSupport,
+    vfio: bool,
+) -> Check {
+    let fix = Some("upgrade the host to Linux 6.1 or later (VFIO low-power features)");
+    let release = kernel_release();
+    let by_version = |why: &str| {
+        let verdict = match release.as_deref().and_then(parse_release) {
+            Some(v) if v >= (6, 1) => Verdict::Pass,
+            Some(_) => Verdict::Fail,
+            None => Verdict::Unknown,
+        };
+        check(
+            "kernel_support",
+            verdict,
+            format!(
+                "inferred from kernel {} ({why}; the device was not touched)",
+                release.as_deref().unwrap_or("?")
+            ),
+            fix,
+        )
+    };
+    if support == KernelSupport::InferFromVersion || !vfio {
+        return by_version(if vfio { "--no-open" } else { "not bound to vfio-pci" });
+    }
+    match KernelDevice::open(sysfs, address) {
+        Ok(dev) => match dev.probe_low_power() {
+            Ok(s) if s.any_low_power() => check(
+                "kernel_support",
+                Verdict::Pass,
+                format!(
+                    "probed: ENTRY {} ENTRY_WITH_WAKEUP {} EXIT {}",
+                    s.entry, s.entry_with_wakeup, s.exit
+                ),
+                fix,
+            ),
+            Ok(_) => check(
+                "kernel_support",
+                Verdict::Fail,
+                "probed: the kernel offers no low-power features for this device".into(),
+                fix,
+            ),
+            Err(e) => check("kernel_support", Verdict::Unknown, format!("probe failed: {e}"), fix),
+        },
+        Err(OpenError::Busy { .. }) => by_version("held by another process, probably a VMM"),
+        Err(e) => by_version(&format!("could not open: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_release("6.1.0-56-amd64"), Some((6, 1)));
+        assert_eq!(parse_release("6.12.117+deb12-amd64"), Some((6, 12)));
+        assert_eq!(parse_release("5.10.0"), Some((5, 10)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+}
