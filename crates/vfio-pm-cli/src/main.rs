@@ -1,1 +1,144 @@
-fn main() {}
+//! `vfio-pm`: runtime power management for VFIO passthrough devices, from the command line.
+
+mod direct;
+mod doctor_cmd;
+mod status;
+mod table;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use std::time::Duration;
+use vfio_pm::{PciAddress, Sysfs};
+
+const ABOUT: &str = "Runtime power management for VFIO passthrough PCI devices (Linux 6.1+)";
+
+const LONG_ABOUT: &str = "\
+Runtime power management for VFIO passthrough PCI devices (Linux 6.1+).
+
+Power states of a PCI device (sysfs power_state):
+  D0      fully on.
+  D3hot   asleep, main power still applied; config space stays readable.
+  D3cold  main power removed by platform firmware (ACPI _PR3 power resources);
+          the deepest saving, only where firmware supports it for the slot.
+Runtime status (power/runtime_status): active = in use; suspended = runtime PM
+has put the device in D3hot or D3cold.
+
+vfio-pci puts devices that no process has open into D3 by itself. A VMM holding
+a device asks for low power with VFIO_DEVICE_FEATURE LOW_POWER_ENTRY, or
+LOW_POWER_ENTRY_WITH_WAKEUP (the kernel signals an eventfd on the first
+host-side wake and leaves low power: NVIDIA GPUs need this), and LOW_POWER_EXIT.
+Low power belongs to an open device fd: closing the fd ends it, and a device a
+VMM holds cannot be opened by another process. So probe, cycle and hold are
+diagnostics for devices no VMM holds; status and doctor never disturb a device.
+
+Exit status: 0 success (doctor: D3cold reachable), 1 doctor: D3cold not
+reachable / cycle: a check failed, 2 error.";
+
+#[derive(Parser)]
+#[command(name = "vfio-pm", version, about = ABOUT, long_about = LONG_ABOUT)]
+struct Cli {
+    /// sysfs root to read (for captured trees); also VFIO_PM_SYSFS_ROOT.
+    #[arg(long, global = true, value_name = "DIR")]
+    sysfs_root: Option<std::path::PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// PCI devices with driver, power state, runtime status and residency (vfio-bound first).
+    Status {
+        /// Only these devices.
+        bdf: Vec<PciAddress>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Explain, check by check, whether the device can reach D3cold when idle.
+    Doctor {
+        /// The device.
+        bdf: PciAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Never open the device; infer kernel support from the kernel version.
+        #[arg(long)]
+        no_open: bool,
+    },
+    /// Which low-power features the kernel offers for this device (opens it).
+    Probe {
+        /// The device.
+        bdf: PciAddress,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Enter low power, wait for the kernel to suspend the device, report the state and timings, exit.
+    Cycle {
+        /// The device.
+        bdf: PciAddress,
+        /// Use ENTRY_WITH_WAKEUP, wake the device by a host-side access and verify the eventfd fired once.
+        #[arg(long)]
+        wakeup: bool,
+        /// Number of cycles.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// How long to wait for the kernel to suspend the device.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Keep the device in low power until Ctrl-C or --for ends, printing each change and wake.
+    Hold {
+        /// The device.
+        bdf: PciAddress,
+        /// Use ENTRY_WITH_WAKEUP and re-arm after each wake.
+        #[arg(long)]
+        wakeup: bool,
+        /// Stop after this long (e.g. 30s, 5m); default: until Ctrl-C.
+        #[arg(long = "for", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// How often to sample sysfs.
+        #[arg(long, default_value = "100ms", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Print JSON, one object per line.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let sysfs = match &cli.sysfs_root {
+        Some(root) => Sysfs::new(root),
+        None => Sysfs::from_env(),
+    };
+    let result = match cli.command {
+        Command::Status { bdf, json } => status::run(&sysfs, &bdf, json),
+        Command::Doctor { bdf, json, no_open } => doctor_cmd::run(&sysfs, bdf, json, no_open),
+        Command::Probe { bdf, json } => direct::probe(&sysfs, bdf, json),
+        Command::Cycle {
+            bdf,
+            wakeup,
+            count,
+            timeout,
+            json,
+        } => direct::cycle(&sysfs, bdf, wakeup, count, timeout, json),
+        Command::Hold {
+            bdf,
+            wakeup,
+            duration,
+            interval,
+            json,
+        } => direct::hold(&sysfs, bdf, wakeup, duration, interval, json),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("vfio-pm: error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -92,7 +92,11 @@ impl VfioPciDevice {
         Self::open_with_dev(sysfs, address, "/dev/vfio")
     }
 
-    fn open_with_dev(sysfs: &Sysfs, address: PciAddress, dev_vfio: &str) -> Result<Self, OpenError> {
+    fn open_with_dev(
+        sysfs: &Sysfs,
+        address: PciAddress,
+        dev_vfio: &str,
+    ) -> Result<Self, OpenError> {
         let dev = sysfs.device(address)?;
         match dev.driver() {
             Field::Known(d) if d == "vfio-pci" => {}
@@ -110,7 +114,11 @@ impl VfioPciDevice {
         };
         for node in ["vfio".to_string(), group.to_string()] {
             let path = PathBuf::from(dev_vfio).join(node);
-            match std::fs::OpenOptions::new().read(true).write(true).open(&path) {
+            match std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            {
                 Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(OpenError::NoDevVfio { path })
@@ -124,10 +132,8 @@ impl VfioPciDevice {
                 Err(_) => {} // let vfio-ioctls report it with context
             }
         }
-        let container = VfioContainer::new(None).map_err(|source| OpenError::Vfio {
-            address,
-            source,
-        })?;
+        let container =
+            VfioContainer::new(None).map_err(|source| OpenError::Vfio { address, source })?;
         let ops: Arc<dyn VfioOps> = Arc::new(container);
         let device = VfioDevice::new(dev.dir(), ops, false).map_err(|source| match source {
             VfioError::GroupViable => OpenError::NotViable { address, group },

@@ -100,10 +100,15 @@ pub fn diagnose(
         "vfio_bound",
         if vfio { Verdict::Pass } else { Verdict::Fail },
         format!("driver: {}", r.driver.display()),
-        Some(&format!(
-            "echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; echo {bdf} > /sys/bus/pci/drivers/{}/unbind; echo {bdf} > /sys/bus/pci/drivers_probe",
-            r.driver.known().map(String::as_str).unwrap_or("DRIVER")
-        )),
+        Some(&{
+            let unbind = match r.driver.known().map(String::as_str) {
+                Some("none") | None => String::new(),
+                Some(d) => format!("echo {bdf} > /sys/bus/pci/drivers/{d}/unbind; "),
+            };
+            format!(
+                "echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; {unbind}echo {bdf} > /sys/bus/pci/drivers_probe"
+            )
+        }),
     ));
 
     let control = r.power_control.known().map(String::as_str);
@@ -115,7 +120,9 @@ pub fn diagnose(
             None => Verdict::Unknown,
         },
         format!("power/control: {}", r.power_control.display()),
-        Some(&format!("echo auto > /sys/bus/pci/devices/{bdf}/power/control")),
+        Some(&format!(
+            "echo auto > /sys/bus/pci/devices/{bdf}/power/control"
+        )),
     ));
 
     let d3c = r.d3cold_allowed.known().copied();
@@ -245,7 +252,11 @@ fn kernel_support_check(
         )
     };
     if support == KernelSupport::InferFromVersion || !vfio {
-        return by_version(if vfio { "--no-open" } else { "not bound to vfio-pci" });
+        return by_version(if vfio {
+            "--no-open"
+        } else {
+            "not bound to vfio-pci"
+        });
     }
     match KernelDevice::open(sysfs, address) {
         Ok(dev) => match dev.probe_low_power() {
@@ -264,7 +275,12 @@ fn kernel_support_check(
                 "probed: the kernel offers no low-power features for this device".into(),
                 fix,
             ),
-            Err(e) => check("kernel_support", Verdict::Unknown, format!("probe failed: {e}"), fix),
+            Err(e) => check(
+                "kernel_support",
+                Verdict::Unknown,
+                format!("probe failed: {e}"),
+                fix,
+            ),
         },
         Err(OpenError::Busy { .. }) => by_version("held by another process, probably a VMM"),
         Err(e) => by_version(&format!("could not open: {e}")),

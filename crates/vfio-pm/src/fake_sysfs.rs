@@ -116,16 +116,22 @@ impl FakeSysfs {
         w("power/runtime_suspended_time", d.suspended_ms.to_string())?;
         w("d3cold_allowed", u8::from(d.d3cold_allowed).to_string())?;
         std::fs::write(dir.join("config"), [0u8; 64])?;
-        relink(&dir.join("driver"), d.driver.as_ref().map(|drv| {
-            let drv_dir = self.root.join("bus/pci/drivers").join(drv);
-            let _ = std::fs::create_dir_all(&drv_dir);
-            drv_dir
-        }))?;
-        relink(&dir.join("iommu_group"), d.iommu_group.map(|g| {
-            let g_dir = self.root.join("kernel/iommu_groups").join(g.to_string());
-            let _ = std::fs::create_dir_all(&g_dir);
-            g_dir
-        }))?;
+        relink(
+            &dir.join("driver"),
+            d.driver.as_ref().map(|drv| {
+                let drv_dir = self.root.join("bus/pci/drivers").join(drv);
+                let _ = std::fs::create_dir_all(&drv_dir);
+                drv_dir
+            }),
+        )?;
+        relink(
+            &dir.join("iommu_group"),
+            d.iommu_group.map(|g| {
+                let g_dir = self.root.join("kernel/iommu_groups").join(g.to_string());
+                let _ = std::fs::create_dir_all(&g_dir);
+                g_dir
+            }),
+        )?;
         let fw = dir.join("firmware_node");
         let _ = std::fs::remove_dir_all(&fw);
         if let Some(res) = &d.power_resources {
@@ -137,7 +143,10 @@ impl FakeSysfs {
             }
         }
         relink(
-            &self.root.join("bus/pci/devices").join(d.address.to_string()),
+            &self
+                .root
+                .join("bus/pci/devices")
+                .join(d.address.to_string()),
             Some(dir.clone()),
         )?;
         Ok(dir)
@@ -221,7 +230,10 @@ mod tests {
         assert!(r.power_resources_d3hot.known().is_none());
         assert_eq!(r.driver.known().unwrap(), "none");
         let json = serde_json::to_value(&r).unwrap();
-        assert!(json["power_state"]["unknown"].as_str().unwrap().contains("power_state"));
+        assert!(json["power_state"]["unknown"]
+            .as_str()
+            .unwrap()
+            .contains("power_state"));
         assert!(Sysfs::new(tmp.path()).device(addr("0000:00:06.0")).is_err());
     }
 

@@ -9,10 +9,10 @@ use nix::errno::Errno;
 use serde::Serialize;
 use std::os::fd::{AsFd, AsRawFd};
 use vfio_bindings::bindings::vfio::{
-    vfio_device_feature, vfio_device_low_power_entry_with_wakeup,
-    VFIO_DEVICE_FEATURE_GET, VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY,
-    VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP, VFIO_DEVICE_FEATURE_LOW_POWER_EXIT,
-    VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_PROBE, VFIO_DEVICE_FEATURE_SET,
+    vfio_device_feature, vfio_device_low_power_entry_with_wakeup, VFIO_DEVICE_FEATURE_GET,
+    VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY, VFIO_DEVICE_FEATURE_LOW_POWER_ENTRY_WITH_WAKEUP,
+    VFIO_DEVICE_FEATURE_LOW_POWER_EXIT, VFIO_DEVICE_FEATURE_MASK, VFIO_DEVICE_FEATURE_PROBE,
+    VFIO_DEVICE_FEATURE_SET,
 };
 use vmm_sys_util::eventfd::EventFd;
 
@@ -215,9 +215,15 @@ mod tests {
             offset_of!(vfio_device_low_power_entry_with_wakeup, wakeup_eventfd),
             0
         );
-        assert_eq!(offset_of!(vfio_device_low_power_entry_with_wakeup, reserved), 4);
+        assert_eq!(
+            offset_of!(vfio_device_low_power_entry_with_wakeup, reserved),
+            4
+        );
         assert_eq!(VFIO_DEVICE_FEATURE_IOCTL(), 0x3B75);
-        assert_eq!((FLAG_GET, FLAG_SET, FLAG_PROBE), (1 << 16, 1 << 17, 1 << 18));
+        assert_eq!(
+            (FLAG_GET, FLAG_SET, FLAG_PROBE),
+            (1 << 16, 1 << 17, 1 << 18)
+        );
         let idx: Vec<u32> = LowPowerFeature::ALL.iter().map(|f| f.index()).collect();
         assert_eq!(idx, [3, 4, 5]);
     }

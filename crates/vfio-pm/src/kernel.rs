@@ -107,13 +107,10 @@ impl HostDevice for KernelDevice {
     }
 
     fn host_config_read(&self) -> Result<(), Errno> {
-        self.sysfs
-            .read_config()
-            .map(|_| ())
-            .map_err(|e| match e {
-                crate::sysfs::SysfsError::Io { source, .. } => io_errno(source),
-                crate::sysfs::SysfsError::NoSuchDevice { .. } => Errno::ENODEV,
-            })
+        self.sysfs.read_config().map(|_| ()).map_err(|e| match e {
+            crate::sysfs::SysfsError::Io { source, .. } => io_errno(source),
+            crate::sysfs::SysfsError::NoSuchDevice { .. } => Errno::ENODEV,
+        })
     }
 
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {

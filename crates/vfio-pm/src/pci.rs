@@ -54,7 +54,9 @@ impl FromStr for PciAddress {
             reason,
         };
         let s = input.trim();
-        let (rest, function) = s.rsplit_once('.').ok_or_else(|| err("missing '.function'"))?;
+        let (rest, function) = s
+            .rsplit_once('.')
+            .ok_or_else(|| err("missing '.function'"))?;
         let parts: Vec<&str> = rest.split(':').collect();
         let (domain, bus, device) = match parts.as_slice() {
             [d, b, s] => (*d, *b, *s),
@@ -123,8 +125,16 @@ mod tests {
     #[test]
     fn rejects_malformed_addresses_with_a_reason() {
         for bad in [
-            "", "00:05", "0000:00:20.0", "0000:00:05.8", "0000:00:05.00", "g0:05.0", "1:2:3:4.0",
-            "00000:00:05.0", "00:005.0", "00:05.",
+            "",
+            "00:05",
+            "0000:00:20.0",
+            "0000:00:05.8",
+            "0000:00:05.00",
+            "g0:05.0",
+            "1:2:3:4.0",
+            "00000:00:05.0",
+            "00:005.0",
+            "00:05.",
         ] {
             let e = bad.parse::<PciAddress>().unwrap_err();
             assert_eq!(e.input, bad);

@@ -147,7 +147,14 @@ mod tests {
         for s in ["D0", "D1", "D2", "D3hot", "D3cold", "unknown"] {
             assert_eq!(PowerState::from_sysfs(&format!("{s}\n")).as_str(), s);
         }
-        for s in ["active", "suspended", "suspending", "resuming", "error", "unsupported"] {
+        for s in [
+            "active",
+            "suspended",
+            "suspending",
+            "resuming",
+            "error",
+            "unsupported",
+        ] {
             assert_eq!(RuntimeStatus::from_sysfs(s).as_str(), s);
         }
         assert_eq!(PowerState::from_sysfs("D9"), PowerState::Other("D9".into()));

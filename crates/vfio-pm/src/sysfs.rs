@@ -107,9 +107,7 @@ impl Sysfs {
 
     /// `ROOT/bus/pci/devices/BDF`.
     pub fn device_dir(&self, address: PciAddress) -> PathBuf {
-        self.root
-            .join("bus/pci/devices")
-            .join(address.to_string())
+        self.root.join("bus/pci/devices").join(address.to_string())
     }
 
     /// Fails with [`SysfsError::NoSuchDevice`] unless the device directory exists.
@@ -146,9 +144,7 @@ impl Sysfs {
 
     /// vfio-pci's `disable_idle_d3` module parameter.
     pub fn vfio_disable_idle_d3(&self) -> Field<bool> {
-        let p = self
-            .root
-            .join("module/vfio_pci/parameters/disable_idle_d3");
+        let p = self.root.join("module/vfio_pci/parameters/disable_idle_d3");
         match read_trimmed(&p) {
             Ok(s) => parse_bool(&s),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -284,7 +280,9 @@ impl SysfsDevice {
 
     /// `power/runtime_status`.
     pub fn runtime_status(&self) -> Field<RuntimeStatus> {
-        self.parsed("power/runtime_status", |s| Some(RuntimeStatus::from_sysfs(s)))
+        self.parsed("power/runtime_status", |s| {
+            Some(RuntimeStatus::from_sysfs(s))
+        })
     }
 
     /// Power state and runtime status together, or the I/O error of the first that failed.

@@ -1,0 +1,45 @@
+//! `vfio-pm doctor`: prints the diagnosis of [`vfio_pm::doctor`].
+
+use anyhow::Result;
+use std::process::ExitCode;
+use vfio_pm::doctor::{diagnose, KernelSupport, Verdict};
+use vfio_pm::{PciAddress, Sysfs};
+
+pub fn run(sysfs: &Sysfs, bdf: PciAddress, json: bool, no_open: bool) -> Result<ExitCode> {
+    let mode = if no_open {
+        KernelSupport::InferFromVersion
+    } else {
+        KernelSupport::Probe
+    };
+    let d = diagnose(sysfs, bdf, mode)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        println!("{bdf}:");
+        for c in &d.checks {
+            let mark = match c.verdict {
+                Verdict::Pass => "ok  ",
+                Verdict::Fail => "FAIL",
+                Verdict::Warn => "warn",
+                Verdict::Unknown => "?   ",
+            };
+            println!("  [{mark}] {:<26} {}", c.id, c.detail);
+            if let Some(fix) = &c.fix {
+                println!("         fix: {fix}");
+            }
+        }
+        if d.d3cold_reachable {
+            println!("verdict: D3cold is reachable when the device is idle");
+        } else {
+            println!(
+                "verdict: D3cold is NOT reachable; an idle device is expected to reach {}",
+                d.expected_idle_state
+            );
+        }
+    }
+    Ok(if d.d3cold_reachable {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
