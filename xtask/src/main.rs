@@ -1,1 +1,90 @@
-fn main() {}
+//! `cargo xtask deps | kernels | qemu`: see the library documentation.
+
+use anyhow::{bail, Context, Result};
+use std::time::Duration;
+use xtask::{KernelSeries, Options, Platform};
+
+const USAGE: &str = "usage: cargo xtask <command>
+  deps                         install missing host packages (apt-get)
+  kernels [--kernel 6.1|6.12|all]
+                               resolve, download and cache the Debian kernels
+  qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--with-cli]
+       [--phases checks,...] [--timeout SECS]
+                               run vfio-pm against the real kernels in QEMU";
+
+fn kernels_arg(v: &str) -> Result<Vec<KernelSeries>> {
+    if v == "all" {
+        Ok(KernelSeries::ALL.to_vec())
+    } else {
+        Ok(vec![v.parse()?])
+    }
+}
+
+fn platforms_arg(v: &str) -> Result<Vec<Platform>> {
+    if v == "all" {
+        Ok(Platform::ALL.to_vec())
+    } else {
+        Ok(vec![v.parse()?])
+    }
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((cmd, rest)) = args.split_first() else {
+        bail!("{USAGE}");
+    };
+    let mut opts = Options::default();
+    let mut it = rest.iter();
+    while let Some(a) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{a} needs a value\n{USAGE}"))
+        };
+        match a.as_str() {
+            "--kernel" => opts.kernels = kernels_arg(value()?)?,
+            "--platform" => opts.platforms = platforms_arg(value()?)?,
+            "--with-cli" => opts.with_cli = true,
+            "--phases" | "--mode" => {
+                opts.phases = value()?.split(',').map(str::to_string).collect()
+            }
+            "--timeout" => {
+                opts.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
+            }
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?}\n{USAGE}"),
+        }
+    }
+    match cmd.as_str() {
+        "deps" => {
+            xtask::deps::ensure()?;
+            println!("all of {:?} installed", xtask::deps::PACKAGES);
+        }
+        "kernels" => {
+            for s in &opts.kernels {
+                let k = xtask::kernels::ensure(*s)?;
+                println!(
+                    "{s}: {} ({} modules) in {}",
+                    k.release,
+                    k.modules.len(),
+                    k.vmlinuz
+                        .parent()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default()
+                );
+            }
+        }
+        "qemu" => {
+            let summary = xtask::run(&opts)?;
+            println!("{summary}");
+            if !summary.all_passed() {
+                std::process::exit(1);
+            }
+        }
+        "-h" | "--help" | "help" => println!("{USAGE}"),
+        other => bail!("unknown command {other:?}\n{USAGE}"),
+    }
+    Ok(())
+}

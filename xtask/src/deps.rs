@@ -1,0 +1,64 @@
+//! Host packages the harness needs, installed with apt-get when missing.
+
+use crate::run_cmd;
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+
+/// Debian packages needed by `cargo xtask qemu`.
+pub const PACKAGES: &[&str] = &[
+    "qemu-system-x86",
+    "acpica-tools",
+    "busybox-static",
+    "cpio",
+    "xz-utils",
+];
+
+/// Whether a Debian package is installed.
+pub fn installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${db:Status-Status}", package])
+        .output()
+        .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == "installed")
+        .unwrap_or(false)
+}
+
+/// The packages of [`PACKAGES`] that are not installed.
+pub fn missing() -> Vec<&'static str> {
+    PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
+}
+
+fn apt_get(args: &[&str]) -> Result<String> {
+    run_cmd(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(args),
+    )
+}
+
+/// Installs whatever of [`PACKAGES`] is missing (non-interactive; `apt-get update` once if a
+/// package is not found). Fast no-op when everything is present.
+pub fn ensure() -> Result<()> {
+    let missing = missing();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !crate::is_root() {
+        bail!(
+            "missing packages {missing:?} and not root: run `sudo apt-get install {}` or `cargo xtask deps` as root",
+            missing.join(" ")
+        );
+    }
+    eprintln!("xtask deps: installing {}", missing.join(" "));
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    if let Err(first) = apt_get(&args) {
+        eprintln!("xtask deps: install failed ({first:#}); running apt-get update and retrying");
+        apt_get(&["update"]).context("apt-get update")?;
+        apt_get(&args).context("apt-get install")?;
+    }
+    let still = self::missing();
+    if !still.is_empty() {
+        bail!("apt-get reported success but {still:?} are still not installed");
+    }
+    Ok(())
+}

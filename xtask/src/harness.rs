@@ -1,0 +1,339 @@
+//! The kernel × platform matrix: prepare once, boot each combination, judge the guest's report.
+
+use crate::console::{Check, GuestReport};
+use crate::guest::{self, GuestBinary};
+use crate::kernels::{self, KernelImage, KernelSeries};
+use crate::qemu::{self, BootOutcome, BootSpec};
+use crate::ssdt;
+use anyhow::{bail, Result};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// The VM's power platform for the device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Platform {
+    /// No ACPI power resources: the kernel suspends the device to D3hot.
+    D3Hot,
+    /// The harness's SSDT gives the device power resources: D3cold.
+    D3Cold,
+}
+
+impl Platform {
+    /// Both platforms.
+    pub const ALL: [Platform; 2] = [Self::D3Hot, Self::D3Cold];
+}
+
+impl FromStr for Platform {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "d3hot" => Ok(Self::D3Hot),
+            "d3cold" => Ok(Self::D3Cold),
+            other => bail!("unknown platform {other:?} (d3hot, d3cold or all)"),
+        }
+    }
+}
+
+impl fmt::Display for Platform {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::D3Hot => "d3hot",
+            Self::D3Cold => "d3cold",
+        })
+    }
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Kernels, in order.
+    pub kernels: Vec<KernelSeries>,
+    /// Platforms, in order (for each kernel).
+    pub platforms: Vec<Platform>,
+    /// Also build and install the `vfio-pm` CLI in the guest.
+    pub with_cli: bool,
+    /// Guest phases (`vfiopm.phases=`), e.g. `checks`.
+    pub phases: Vec<String>,
+    /// Hard timeout of one boot.
+    pub timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            kernels: KernelSeries::ALL.to_vec(),
+            platforms: Platform::ALL.to_vec(),
+            with_cli: false,
+            phases: vec!["checks".into()],
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The result of one kernel × platform boot.
+#[derive(Clone, Debug)]
+pub struct RunResult {
+    /// Kernel.
+    pub kernel: KernelImage,
+    /// Platform.
+    pub platform: Platform,
+    /// The boot.
+    pub outcome: BootOutcome,
+    /// What the guest reported.
+    pub report: GuestReport,
+    /// Checks made by the host (console sanity, trap port), in addition to the guest's.
+    pub host_checks: Vec<Check>,
+    /// Where the console was saved.
+    pub console_log: PathBuf,
+}
+
+fn host_check(name: &str, passed: bool, detail: String) -> Check {
+    Check {
+        name: name.into(),
+        passed,
+        detail,
+    }
+}
+
+/// Judges the bytes `_ON`/`_OFF` wrote to the trap port.
+///
+/// D3cold: the kernel refcounts the power resource of its one device, so the log alternates
+/// strictly (`1010...`), and every settled suspend of the check sequence (at least five) turned
+/// it off once. D3hot: no power resource, nothing is written.
+pub fn trap_check(platform: Platform, trap: &[u8]) -> Check {
+    let text = String::from_utf8_lossy(trap).into_owned();
+    match platform {
+        Platform::D3Cold => {
+            let offs = trap.iter().filter(|b| **b == ssdt::TRAP_OFF).count();
+            let ons = trap.iter().filter(|b| **b == ssdt::TRAP_ON).count();
+            let only_known = offs + ons == trap.len();
+            let alternating = trap.windows(2).all(|w| w[0] != w[1]);
+            host_check(
+                "host-trap-power-resource-alternates",
+                only_known && alternating && offs >= 5,
+                format!("_OFF {offs}x, _ON {ons}x, alternating {alternating}: {text:?}"),
+            )
+        }
+        Platform::D3Hot => host_check(
+            "host-trap-silent",
+            trap.is_empty(),
+            format!("trap port got {text:?} (no power resource on this platform)"),
+        ),
+    }
+}
+
+impl RunResult {
+    fn judge(
+        kernel: KernelImage,
+        platform: Platform,
+        outcome: BootOutcome,
+        console_log: PathBuf,
+    ) -> Self {
+        let report = GuestReport::parse(&outcome.console);
+        let mut hc = Vec::new();
+        hc.push(host_check(
+            "host-no-timeout",
+            !outcome.timed_out,
+            format!(
+                "QEMU ran {:.1?} (status {:?})",
+                outcome.elapsed, outcome.status
+            ),
+        ));
+        let checks: Vec<&Check> = report.checks().collect();
+        let (pass, fail) = (
+            checks.iter().filter(|c| c.passed).count() as u32,
+            checks.iter().filter(|c| !c.passed).count() as u32,
+        );
+        hc.push(match report.done() {
+            Some((p, f)) => host_check(
+                "host-done-matches",
+                (p, f) == (pass, fail) && p > 0,
+                format!("guest said pass={p} fail={f}, console has pass={pass} fail={fail}"),
+            ),
+            None => host_check(
+                "host-done-matches",
+                false,
+                "no VFIOPM DONE line: the guest did not finish".into(),
+            ),
+        });
+        hc.push(host_check(
+            "host-console-clean",
+            report.garbled.is_empty(),
+            format!(
+                "{} garbled VFIOPM lines {:?}",
+                report.garbled.len(),
+                report.garbled
+            ),
+        ));
+        let got = report.info("kernel").unwrap_or("?");
+        hc.push(host_check(
+            "host-kernel-release",
+            got == kernel.release,
+            format!("guest runs {got}, want {}", kernel.release),
+        ));
+        hc.push(trap_check(platform, &outcome.trap));
+        Self {
+            kernel,
+            platform,
+            outcome,
+            report,
+            host_checks: hc,
+            console_log,
+        }
+    }
+
+    /// Every guest and host check.
+    pub fn all_checks(&self) -> impl Iterator<Item = &Check> {
+        self.report.checks().chain(self.host_checks.iter())
+    }
+
+    /// True when every check passed.
+    pub fn passed(&self) -> bool {
+        self.all_checks().all(|c| c.passed) && self.report.checks().next().is_some()
+    }
+}
+
+/// The results of a whole run.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    /// One per kernel × platform, in run order.
+    pub runs: Vec<RunResult>,
+    /// Wall time of the preparation (deps, kernels, build, initramfs).
+    pub prepare: Duration,
+}
+
+impl Summary {
+    /// True when every run passed (and there was at least one).
+    pub fn all_passed(&self) -> bool {
+        !self.runs.is_empty() && self.runs.iter().all(RunResult::passed)
+    }
+}
+
+impl fmt::Display for Summary {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "vfio-pm real-kernel harness (prepare {:.1?})",
+            self.prepare
+        )?;
+        for r in &self.runs {
+            let total = r.all_checks().count();
+            let failed: Vec<&Check> = r.all_checks().filter(|c| !c.passed).collect();
+            writeln!(
+                f,
+                "  {:<26} {:<6} {:>6.1?}  {} ({} checks, {} failed)",
+                r.kernel.release,
+                r.platform,
+                r.outcome.elapsed,
+                if r.passed() { "PASS" } else { "FAIL" },
+                total,
+                failed.len()
+            )?;
+            for c in &failed {
+                writeln!(f, "      {c}")?;
+            }
+            if !r.passed() {
+                writeln!(f, "      console: {}", r.console_log.display())?;
+                if r.outcome.timed_out || r.report.done().is_none() {
+                    writeln!(f, "      --- console tail ---")?;
+                    for l in r.outcome.console_tail(30).lines() {
+                        writeln!(f, "      | {l}")?;
+                    }
+                    if !r.outcome.stderr.trim().is_empty() {
+                        writeln!(
+                            f,
+                            "      --- qemu stderr ---\n      | {}",
+                            r.outcome.stderr.trim()
+                        )?;
+                    }
+                }
+            }
+        }
+        let ok = self.runs.iter().filter(|r| r.passed()).count();
+        write!(f, "{} passed, {} failed", ok, self.runs.len() - ok)
+    }
+}
+
+/// Prepares everything (packages, kernels, binaries, initramfs, SSDT) and runs the matrix
+/// sequentially (TCG on few cores: parallel boots only slow each other down).
+pub fn run(opts: &Options) -> Result<Summary> {
+    let start = Instant::now();
+    crate::deps::ensure()?;
+    let kernels: Vec<KernelImage> = opts
+        .kernels
+        .iter()
+        .map(|s| kernels::ensure(*s))
+        .collect::<Result<_>>()?;
+    let mut bins: Vec<GuestBinary> = vec![guest::GUEST];
+    if opts.with_cli {
+        bins.push(guest::CLI);
+    }
+    let binaries = guest::build(&bins)?;
+    let work = crate::qemu_dir().join("work");
+    std::fs::create_dir_all(&work)?;
+    let ssdt = if opts.platforms.contains(&Platform::D3Cold) {
+        Some(ssdt::build(&work)?)
+    } else {
+        None
+    };
+    let initrds: Vec<PathBuf> = kernels
+        .iter()
+        .map(|k| guest::initramfs(&work, k, &binaries))
+        .collect::<Result<_>>()?;
+    let mut summary = Summary {
+        prepare: start.elapsed(),
+        ..Default::default()
+    };
+    for (k, initrd) in kernels.iter().zip(&initrds) {
+        for &p in &opts.platforms {
+            let dir = crate::qemu_dir()
+                .join("runs")
+                .join(format!("{}-{p}", k.release));
+            std::fs::create_dir_all(&dir)?;
+            let spec = BootSpec {
+                kernel: k.vmlinuz.clone(),
+                initrd: initrd.clone(),
+                append: format!(
+                    "vfiopm.platform={p} vfiopm.phases={}",
+                    opts.phases.join(",")
+                ),
+                acpi_table: if p == Platform::D3Cold {
+                    ssdt.clone()
+                } else {
+                    None
+                },
+                trap_log: dir.join("trap.log"),
+                timeout: opts.timeout,
+            };
+            eprintln!("xtask qemu: booting {} on {p}", k.release);
+            let outcome = qemu::boot(&spec)?;
+            let log = qemu::save_console(&dir, &outcome)?;
+            let r = RunResult::judge(k.clone(), p, outcome, log);
+            eprintln!(
+                "xtask qemu: {} {p}: {} in {:.1?}",
+                k.release,
+                if r.passed() { "PASS" } else { "FAIL" },
+                r.outcome.elapsed
+            );
+            summary.runs.push(r);
+        }
+    }
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_log_must_alternate_on_d3cold_and_be_empty_on_d3hot() {
+        assert!(trap_check(Platform::D3Cold, b"1010101010101").passed);
+        assert!(!trap_check(Platform::D3Cold, b"10101011010").passed);
+        assert!(!trap_check(Platform::D3Cold, b"1010").passed);
+        assert!(!trap_check(Platform::D3Cold, b"10101010x10").passed);
+        assert!(trap_check(Platform::D3Hot, b"").passed);
+        assert!(!trap_check(Platform::D3Hot, b"0").passed);
+    }
+}

@@ -1,0 +1,61 @@
+//! Project automation for vfio-pm, and the real-kernel harness that runs vfio-pm inside QEMU
+//! against Debian's 6.1 and 6.12 kernels.
+//!
+//! The pieces, in the order `cargo xtask qemu` uses them:
+//! - [`deps`]: the host packages (QEMU, iasl, static busybox, cpio, xz), installed with apt-get.
+//! - [`kernels`]: the newest Debian kernels resolved by name, downloaded and cached.
+//! - [`guest`]: the static in-guest binaries and the initramfs.
+//! - [`ssdt`]: the ACPI table that gives the test device D3cold power resources.
+//! - [`qemu`]: one boot with a hard timeout, console captured.
+//! - [`console`]: the parser of the guest's `VFIOPM ...` lines.
+//! - [`harness`]: the kernel × platform matrix and its summary.
+
+pub mod console;
+pub mod deps;
+pub mod guest;
+pub mod harness;
+pub mod kernels;
+pub mod qemu;
+pub mod ssdt;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub use harness::{run, Options, Platform, Summary};
+pub use kernels::KernelSeries;
+
+/// The workspace root (the parent of this crate).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `target/qemu` under the workspace root: every file the harness makes lives there.
+pub fn qemu_dir() -> PathBuf {
+    workspace_root().join("target").join("qemu")
+}
+
+/// Runs a command, failing with its stderr when it exits non-zero; returns its stdout.
+pub(crate) fn run_cmd(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .output()
+        .map_err(|e| anyhow::anyhow!("cannot run {:?}: {e}", cmd.get_program()))?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "{:?} failed ({}): {}",
+            cmd,
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// True when this process runs as root.
+pub(crate) fn is_root() -> bool {
+    run_cmd(Command::new("id").arg("-u"))
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+}
