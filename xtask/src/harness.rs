@@ -252,7 +252,11 @@ impl fmt::Display for Summary {
             }
         }
         let ok = self.runs.iter().filter(|r| r.passed()).count();
-        write!(f, "{} passed, {} failed", ok, self.runs.len() - ok)
+        write!(
+            f,
+            "{ok} of {} kernel x platform runs passed",
+            self.runs.len()
+        )
     }
 }
 

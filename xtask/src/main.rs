@@ -10,7 +10,9 @@ const USAGE: &str = "usage: cargo xtask <command>
                                resolve, download and cache the Debian kernels
   qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--with-cli]
        [--phases checks,...] [--timeout SECS]
-                               run vfio-pm against the real kernels in QEMU";
+                               run vfio-pm against the real kernels in QEMU
+  test [ARGS...]               cargo test --workspace ARGS (includes the QEMU test;
+                               VFIO_PM_SKIP_QEMU=1 skips it loudly)";
 
 fn kernels_arg(v: &str) -> Result<Vec<KernelSeries>> {
     if v == "all" {
@@ -33,6 +35,16 @@ fn main() -> Result<()> {
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{USAGE}");
     };
+    if cmd == "test" {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let st = std::process::Command::new(cargo)
+            .current_dir(xtask::workspace_root())
+            .args(["test", "--workspace"])
+            .args(rest)
+            .status()
+            .context("running cargo test")?;
+        std::process::exit(st.code().unwrap_or(1));
+    }
     let mut opts = Options::default();
     let mut it = rest.iter();
     while let Some(a) = it.next() {

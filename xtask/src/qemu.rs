@@ -43,9 +43,14 @@ pub struct BootOutcome {
 }
 
 impl BootOutcome {
-    /// The last `n` console lines.
+    /// The last `n` console lines, without control characters (escape sequences of the BIOS).
     pub fn console_tail(&self, n: usize) -> String {
-        let lines: Vec<&str> = self.console.lines().collect();
+        let lines: Vec<String> = self
+            .console
+            .lines()
+            .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
+            .map(|l| l.trim_end().to_string())
+            .collect();
         lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }

@@ -5,14 +5,21 @@
 //! time. When those are unavailable the test FAILS with the reason, unless `VFIO_PM_SKIP_QEMU=1`,
 //! which skips it loudly. The four boots run one after the other inside this single test.
 
+use std::io::Write;
 use std::time::Instant;
+
+/// Writes to the real stderr: `eprintln!` output of a passing test is captured and never shown,
+/// and a skip or the summary must not be silent.
+fn loud(text: &str) {
+    let _ = std::io::stderr().write_all(format!("{text}\n").as_bytes());
+}
 
 #[test]
 fn vfio_pm_on_real_kernels_in_qemu() {
     if std::env::var("VFIO_PM_SKIP_QEMU").as_deref() == Ok("1") {
-        eprintln!(
+        loud(
             "\n*** SKIPPED: real-kernel QEMU test (VFIO_PM_SKIP_QEMU=1): vfio-pm was NOT checked \
-             against Linux 6.1/6.12 ***\n"
+             against Linux 6.1/6.12 ***\n",
         );
         return;
     }
@@ -25,7 +32,7 @@ fn vfio_pm_on_real_kernels_in_qemu() {
              on a machine that cannot run it)"
         ),
     };
-    eprintln!("{summary}\n(total {:.1?})", start.elapsed());
+    loud(&format!("{summary}\n(total {:.1?})", start.elapsed()));
     assert_eq!(summary.runs.len(), 4, "{summary}");
     assert!(
         summary.all_passed(),
