@@ -2,8 +2,10 @@
 
 mod direct;
 mod doctor_cmd;
+mod exporter;
 mod status;
 mod table;
+mod watch;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -107,6 +109,10 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow power state and runtime status of devices, printing each transition; Ctrl-C prints residency.
+    Watch(watch::WatchArgs),
+    /// Serve Prometheus metrics (power state, residency, wakes, D3cold reachability) over HTTP.
+    Exporter(exporter::ExporterArgs),
 }
 
 fn main() -> ExitCode {
@@ -133,6 +139,8 @@ fn main() -> ExitCode {
             interval,
             json,
         } => direct::hold(&sysfs, bdf, wakeup, duration, interval, json),
+        Command::Watch(args) => watch::run(&sysfs, args),
+        Command::Exporter(args) => exporter::run(&sysfs, args),
     };
     match result {
         Ok(code) => code,

@@ -2,8 +2,11 @@
 
 use crate::table;
 use anyhow::Result;
+use serde::Serialize;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
+use vfio_pm::residency::{D3Split, Residency};
 use vfio_pm::{DeviceReport, PciAddress, Sysfs};
 
 /// Reports for `wanted` (all devices when empty), vfio-bound first, then by address.
@@ -22,22 +25,43 @@ pub fn reports(sysfs: &Sysfs, wanted: &[PciAddress]) -> Result<Vec<DeviceReport>
     Ok(out)
 }
 
-fn suspended_share(r: &DeviceReport) -> String {
-    match (r.runtime_active_ms.known(), r.runtime_suspended_ms.known()) {
-        (Some(&a), Some(&s)) if a + s > 0 => format!("{:.0}%", 100.0 * s as f64 / (a + s) as f64),
-        _ => "?".into(),
+/// A report with its since-boot residency, as `status --json` prints it.
+#[derive(Serialize)]
+struct StatusEntry<'a> {
+    #[serde(flatten)]
+    report: &'a DeviceReport,
+    residency: Residency,
+}
+
+fn duration_or_unknown(d: Option<Duration>) -> String {
+    d.map(table::human).unwrap_or_else(|| "?".into())
+}
+
+fn d3cold_column(r: &Residency) -> String {
+    match r.d3_split {
+        // The kernel does not split suspended time; `watch` can.
+        D3Split::Unknown => "?".into(),
+        D3Split::InferredNoD3cold => "never".into(),
     }
 }
 
 pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode> {
     let reports = reports(sysfs, wanted)?;
+    let entries: Vec<StatusEntry> = reports
+        .iter()
+        .map(|report| StatusEntry {
+            report,
+            residency: Residency::from_report(report),
+        })
+        .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&reports)?);
+        println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let rows: Vec<Vec<String>> = reports
+    let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|r| {
+        .map(|e| {
+            let (r, res) = (e.report, &e.residency);
             vec![
                 r.address.to_string(),
                 format!("{}:{}", r.vendor.display(), r.device.display()),
@@ -45,11 +69,12 @@ pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode>
                 r.driver.display(),
                 r.power_state.display(),
                 r.runtime_status.display(),
-                r.runtime_suspended_ms
-                    .known()
-                    .map(|ms| table::human(Duration::from_millis(*ms)))
+                duration_or_unknown(res.d0),
+                duration_or_unknown(res.d3),
+                res.suspended_share
+                    .map(|s| format!("{:.0}%", 100.0 * s))
                     .unwrap_or_else(|| "?".into()),
-                suspended_share(r),
+                d3cold_column(res),
             ]
         })
         .collect();
@@ -63,11 +88,25 @@ pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode>
                 "DRIVER",
                 "STATE",
                 "RUNTIME",
+                "ACTIVE",
                 "SUSPENDED",
-                "SHARE"
+                "SHARE",
+                "D3COLD",
             ],
             &rows
         )
     );
+    // A legend for people; scripts reading a pipe get the table alone.
+    if std::io::stdout().is_terminal()
+        && entries
+            .iter()
+            .any(|e| e.residency.d3_split == D3Split::Unknown)
+    {
+        println!(
+            "\nACTIVE is D0 time and SUSPENDED is D3hot+D3cold time since boot (kernel counters). \
+             The kernel does not split D3hot from D3cold (D3COLD ?): `vfio-pm watch` attributes it; \
+             \"never\" means the slot cannot reach D3cold, so all of it was D3hot."
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -49,6 +49,7 @@ mod ioctl_nr;
 pub mod kernel;
 pub mod pci;
 pub mod power;
+pub mod residency;
 pub mod sysfs;
 
 pub use device::{OpenError, VfioPciDevice};

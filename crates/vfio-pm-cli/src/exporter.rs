@@ -1,0 +1,470 @@
+//! `vfio-pm exporter`: Prometheus metrics over HTTP.
+//!
+//! Sysfs is re-read at every scrape; a background sampler also reads it every `--interval` so
+//! that transitions and wakes between scrapes are counted. The doctor's D3cold verdict is made
+//! from sysfs and the kernel version only: the exporter never opens a device.
+//!
+//! Metrics (Prometheus text format 0.0.4, encoded by `prometheus-client`); every per-device
+//! metric carries the labels `bdf`, `vendor`, `device`, `class` and `driver`:
+//!
+//! | name | type | extra label | meaning |
+//! | --- | --- | --- | --- |
+//! | `vfio_pm_device_power_state` | gauge | `state` | 1 for the current `power_state`, 0 for the others |
+//! | `vfio_pm_device_runtime_status` | gauge | `status` | 1 for the current `power/runtime_status` |
+//! | `vfio_pm_device_runtime_active_seconds_total` | counter | | kernel: runtime-active (D0) time since boot |
+//! | `vfio_pm_device_runtime_suspended_seconds_total` | counter | | kernel: runtime-suspended (D3hot+D3cold) time since boot |
+//! | `vfio_pm_device_observed_state_seconds_total` | counter | `state` | time attributed to D0/D3hot/D3cold by the sampler since the exporter started |
+//! | `vfio_pm_device_transitions_total` | counter | | state changes seen by the exporter |
+//! | `vfio_pm_device_wakes_total` | counter | | wakes (suspended → active) seen or proven from the counters |
+//! | `vfio_pm_device_d3cold_reachable` | gauge | | 1 when the doctor says an idle device reaches D3cold |
+//! | `vfio_pm_scrape_errors_total` | counter | | sysfs reads that failed during scrapes |
+//! | `vfio_pm_build_info` | gauge | `version` | always 1 |
+
+use crate::watch::shutdown_signals;
+use anyhow::{anyhow, Context, Result};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tiny_http::{Header, Method, Response, Server};
+use vfio_pm::doctor::{diagnose, KernelSupport};
+use vfio_pm::residency::{ResidencyTracker, Sample, StateTimes};
+use vfio_pm::{DeviceReport, PciAddress, PowerState, RuntimeStatus, Sysfs};
+
+/// Options of `vfio-pm exporter`.
+#[derive(clap::Args, Debug)]
+pub struct ExporterArgs {
+    /// Address to listen on. Loopback by default: expose it further on purpose (reverse proxy,
+    /// firewall), as the metrics describe the host's hardware.
+    #[arg(long, default_value = "127.0.0.1:9860")]
+    pub listen: SocketAddr,
+    /// How often the background sampler reads sysfs to catch transitions and wakes between scrapes.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Export every PCI device, not only vfio-bound ones.
+    #[arg(long)]
+    pub all_devices: bool,
+}
+
+const POWER_STATES: [&str; 6] = ["D0", "D1", "D2", "D3hot", "D3cold", "unknown"];
+const RUNTIME_STATUSES: [&str; 6] = [
+    "active",
+    "suspended",
+    "suspending",
+    "resuming",
+    "error",
+    "unsupported",
+];
+
+/// Trackers and error counts shared by the sampler thread and the scrapes.
+struct State {
+    sysfs: Sysfs,
+    all_devices: bool,
+    start: Instant,
+    trackers: BTreeMap<PciAddress, ResidencyTracker>,
+    scrape_errors: u64,
+}
+
+impl State {
+    /// Reads the chosen devices and feeds the trackers; returns the reports and how many reads
+    /// failed. Trackers of devices that left are dropped (their series end).
+    fn sample(&mut self) -> (Vec<DeviceReport>, u64) {
+        let devices = match self.sysfs.devices() {
+            Ok(d) => d,
+            Err(_) => return (Vec::new(), 1),
+        };
+        let now = self.start.elapsed();
+        let mut errors = 0;
+        let mut reports = Vec::new();
+        for d in devices {
+            let r = d.report();
+            if !self.all_devices && !r.is_vfio() {
+                continue;
+            }
+            errors += [
+                r.power_state.known().is_none(),
+                r.runtime_status.known().is_none(),
+                r.runtime_active_ms.known().is_none(),
+                r.runtime_suspended_ms.known().is_none(),
+            ]
+            .into_iter()
+            .filter(|&failed| failed)
+            .count() as u64;
+            let tracker = self.trackers.entry(r.address).or_default();
+            if let Some(s) = Sample::from_report(&r) {
+                tracker.observe(now, &s);
+            }
+            reports.push(r);
+        }
+        self.trackers
+            .retain(|a, _| reports.iter().any(|r| r.address == *a));
+        (reports, errors)
+    }
+
+    /// A scrape: fresh reads, tracker updates, the doctor's verdicts.
+    fn snapshot(&mut self) -> Snapshot {
+        let (reports, errors) = self.sample();
+        self.scrape_errors += errors;
+        let devices = reports
+            .into_iter()
+            .map(|r| {
+                let reachable = diagnose(&self.sysfs, r.address, KernelSupport::InferFromVersion)
+                    .ok()
+                    .map(|d| d.d3cold_reachable);
+                if reachable.is_none() {
+                    // The device left between the listing and the diagnosis.
+                    self.scrape_errors += 1;
+                }
+                let tracker = self.trackers.get(&r.address);
+                DeviceMetrics {
+                    labels: vec![
+                        ("bdf".into(), r.address.to_string()),
+                        ("vendor".into(), label(&r.vendor)),
+                        ("device".into(), label(&r.device)),
+                        ("class".into(), label(&r.class)),
+                        ("driver".into(), label(&r.driver)),
+                    ],
+                    power_state: r.power_state.known().cloned(),
+                    runtime_status: r.runtime_status.known().cloned(),
+                    active_seconds: r.runtime_active_ms.known().map(|ms| *ms as f64 / 1e3),
+                    suspended_seconds: r.runtime_suspended_ms.known().map(|ms| *ms as f64 / 1e3),
+                    observed: tracker.map(|t| t.observed()).unwrap_or_default(),
+                    transitions: tracker.map_or(0, |t| t.transitions()),
+                    wakes: tracker.map_or(0, |t| t.wakes()),
+                    d3cold_reachable: reachable,
+                }
+            })
+            .collect();
+        Snapshot {
+            devices,
+            scrape_errors: self.scrape_errors,
+        }
+    }
+}
+
+fn label(f: &vfio_pm::Field<String>) -> String {
+    f.known().cloned().unwrap_or_default()
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Debug)]
+struct DeviceMetrics {
+    labels: Labels,
+    power_state: Option<PowerState>,
+    runtime_status: Option<RuntimeStatus>,
+    active_seconds: Option<f64>,
+    suspended_seconds: Option<f64>,
+    observed: StateTimes,
+    transitions: u64,
+    wakes: u64,
+    d3cold_reachable: Option<bool>,
+}
+
+/// One scrape's values; encodes itself through `prometheus-client`.
+#[derive(Debug)]
+struct Snapshot {
+    devices: Vec<DeviceMetrics>,
+    scrape_errors: u64,
+}
+
+fn with(labels: &Labels, key: &str, value: &str) -> Labels {
+    let mut l = labels.clone();
+    l.push((key.into(), value.into()));
+    l
+}
+
+/// The label values of a one-hot family: the known spellings, plus an odd current value.
+fn one_hot_values(known: &[&str], current: Option<&str>) -> Vec<String> {
+    let mut v: Vec<String> = known.iter().map(|s| s.to_string()).collect();
+    if let Some(c) = current {
+        if !known.contains(&c) {
+            v.push(c.to_string());
+        }
+    }
+    v
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let seconds = Unit::Seconds;
+        let gauge = |enc: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     unit: Option<&Unit>,
+                     rows: Vec<(Labels, f64)>|
+         -> Result<(), std::fmt::Error> {
+            let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+            for (l, v) in rows {
+                m.encode_family(&l)?.encode_gauge(&v)?;
+            }
+            Ok(())
+        };
+        let counter = |enc: &mut DescriptorEncoder,
+                       name: &str,
+                       help: &str,
+                       unit: Option<&Unit>,
+                       rows: Vec<(Labels, f64)>|
+         -> Result<(), std::fmt::Error> {
+            let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+            for (l, v) in rows {
+                m.encode_family(&l)?
+                    .encode_counter::<NoLabelSet, f64, f64>(&v, None)?;
+            }
+            Ok(())
+        };
+        let devs = &self.devices;
+
+        let mut rows = Vec::new();
+        for d in devs {
+            let Some(ps) = &d.power_state else { continue };
+            for s in one_hot_values(&POWER_STATES, Some(ps.as_str())) {
+                let v = if s == ps.as_str() { 1.0 } else { 0.0 };
+                rows.push((with(&d.labels, "state", &s), v));
+            }
+        }
+        gauge(
+            &mut enc,
+            "vfio_pm_device_power_state",
+            "PCI power state (sysfs power_state): 1 for the current state, 0 for the others.",
+            None,
+            rows,
+        )?;
+
+        let mut rows = Vec::new();
+        for d in devs {
+            let Some(rs) = &d.runtime_status else {
+                continue;
+            };
+            for s in one_hot_values(&RUNTIME_STATUSES, Some(rs.as_str())) {
+                let v = if s == rs.as_str() { 1.0 } else { 0.0 };
+                rows.push((with(&d.labels, "status", &s), v));
+            }
+        }
+        gauge(
+            &mut enc,
+            "vfio_pm_device_runtime_status",
+            "Runtime-PM status (sysfs power/runtime_status): 1 for the current status, 0 for the others.",
+            None,
+            rows,
+        )?;
+
+        counter(
+            &mut enc,
+            "vfio_pm_device_runtime_active",
+            "Time the device was runtime-active (D0) since boot, from the kernel's power/runtime_active_time.",
+            Some(&seconds),
+            devs.iter()
+                .filter_map(|d| Some((d.labels.clone(), d.active_seconds?)))
+                .collect(),
+        )?;
+        counter(
+            &mut enc,
+            "vfio_pm_device_runtime_suspended",
+            "Time the device was runtime-suspended (D3hot or D3cold, the kernel does not say which) since boot, from power/runtime_suspended_time.",
+            Some(&seconds),
+            devs.iter()
+                .filter_map(|d| Some((d.labels.clone(), d.suspended_seconds?)))
+                .collect(),
+        )?;
+
+        let mut rows = Vec::new();
+        for d in devs {
+            let o = &d.observed;
+            for (state, t) in [
+                ("D0", o.d0),
+                ("D3hot", o.d3hot),
+                ("D3cold", o.d3cold),
+                ("D3", o.d3_unattributed),
+                ("other", o.other),
+            ] {
+                rows.push((with(&d.labels, "state", state), t.as_secs_f64()));
+            }
+        }
+        counter(
+            &mut enc,
+            "vfio_pm_device_observed_state",
+            "Time attributed to each power state while this exporter ran: kernel active time to D0, suspended time to the D3 state the sampler saw (state=\"D3\" when it saw neither).",
+            Some(&seconds),
+            rows,
+        )?;
+
+        counter(
+            &mut enc,
+            "vfio_pm_device_transitions",
+            "Changes of power state or runtime status seen by this exporter's sampler.",
+            None,
+            devs.iter()
+                .map(|d| (d.labels.clone(), d.transitions as f64))
+                .collect(),
+        )?;
+        counter(
+            &mut enc,
+            "vfio_pm_device_wakes",
+            "Wakes (runtime-suspended to active) seen by this exporter, including wakes between samples proven by the kernel counters; a lower bound.",
+            None,
+            devs.iter()
+                .map(|d| (d.labels.clone(), d.wakes as f64))
+                .collect(),
+        )?;
+        gauge(
+            &mut enc,
+            "vfio_pm_device_d3cold_reachable",
+            "1 when `vfio-pm doctor --no-open` says the idle device can reach D3cold, 0 when something blocks it.",
+            None,
+            devs.iter()
+                .filter_map(|d| {
+                    Some((d.labels.clone(), f64::from(u8::from(d.d3cold_reachable?))))
+                })
+                .collect(),
+        )?;
+        counter(
+            &mut enc,
+            "vfio_pm_scrape_errors",
+            "sysfs reads that failed during scrapes (device listing, power_state, runtime_status, counters).",
+            None,
+            vec![(Vec::new(), self.scrape_errors as f64)],
+        )?;
+        let mut info = enc.encode_descriptor(
+            "vfio_pm_build",
+            "vfio-pm exporter build information.",
+            None,
+            MetricType::Info,
+        )?;
+        info.encode_info(&vec![("version", env!("CARGO_PKG_VERSION"))])?;
+        Ok(())
+    }
+}
+
+/// Renders the metrics of one scrape in the Prometheus text format.
+fn render(state: &Mutex<State>) -> Result<String, std::fmt::Error> {
+    let snapshot = state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .snapshot();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(snapshot));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &registry)?;
+    Ok(out)
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
+}
+
+const INDEX: &str = "<html><head><title>vfio-pm exporter</title></head><body>\
+<h1>vfio-pm exporter</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
+
+fn serve(server: &Server, state: &Mutex<State>, stop: &AtomicBool) {
+    for req in server.incoming_requests() {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let path = req.url().split('?').next().unwrap_or("").to_string();
+        let get = matches!(req.method(), Method::Get | Method::Head);
+        let response = match (get, path.as_str()) {
+            (true, "/metrics") => match render(state) {
+                Ok(body) => Response::from_string(body).with_header(header(
+                    "Content-Type",
+                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                )),
+                Err(_) => {
+                    state
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .scrape_errors += 1;
+                    Response::from_string("encoding the metrics failed\n").with_status_code(500)
+                }
+            },
+            (true, "/") => Response::from_string(INDEX)
+                .with_header(header("Content-Type", "text/html; charset=utf-8")),
+            (true, _) => {
+                Response::from_string("not found; metrics are at /metrics\n").with_status_code(404)
+            }
+            (false, _) => Response::from_string("only GET and HEAD\n").with_status_code(405),
+        };
+        // A client that hung up is its own problem, not the exporter's.
+        let _ = req.respond(response);
+    }
+}
+
+pub fn run(sysfs: &Sysfs, args: ExporterArgs) -> Result<ExitCode> {
+    if args.interval.is_zero() {
+        anyhow::bail!("--interval must be more than zero");
+    }
+    // Check the root before serving: a wrong --sysfs-root is an error, not empty metrics.
+    sysfs.devices().context("cannot list PCI devices")?;
+    // Blocked before any thread starts, so every thread inherits the mask.
+    let sigfd = shutdown_signals()?;
+    let server = Arc::new(
+        Server::http(args.listen).map_err(|e| anyhow!("cannot listen on {}: {e}", args.listen))?,
+    );
+    let addr = server
+        .server_addr()
+        .to_ip()
+        .map(|a| a.to_string())
+        .unwrap_or_else(|| args.listen.to_string());
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "vfio-pm exporter: warning: listening on {}, not loopback: anyone who reaches it sees this host's devices",
+            args.listen.ip()
+        );
+    }
+    eprintln!("vfio-pm exporter: listening on http://{addr}/metrics");
+    let state = Arc::new(Mutex::new(State {
+        sysfs: sysfs.clone(),
+        all_devices: args.all_devices,
+        start: Instant::now(),
+        trackers: BTreeMap::new(),
+        scrape_errors: 0,
+    }));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let (stop_sampler, sampler_stopped) = mpsc::channel::<()>();
+    let sampler = {
+        let state = Arc::clone(&state);
+        let interval = args.interval;
+        std::thread::spawn(move || loop {
+            state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .sample();
+            match sampler_stopped.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => continue,
+                _ => break,
+            }
+        })
+    };
+    // The signal watcher ends the accept loop; it runs until the process exits.
+    {
+        let server = Arc::clone(&server);
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+            loop {
+                match poll(&mut fds, PollTimeout::NONE) {
+                    Ok(n) if n > 0 => break,
+                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                    Err(_) => break,
+                }
+            }
+            stop.store(true, Ordering::SeqCst);
+            server.unblock();
+        });
+    }
+    serve(&server, &state, &stop);
+    drop(stop_sampler);
+    let _ = sampler.join();
+    eprintln!("vfio-pm exporter: signal received, stopped");
+    Ok(ExitCode::SUCCESS)
+}
