@@ -115,7 +115,7 @@ impl HostState {
 
     /// `rpm_suspend` → vfio-pci's runtime_suspend callback → PCI core target state.
     fn suspend(&mut self, i: usize) {
-        // vfio_pci_core_runtime_suspend: undo a guest PMCSR D3hot first.
+        // vfio_pci_core_runtime_suspend: undo a guest PMCSR D3hot first (still active here).
         self.set_power_state(i, PowerState::D0);
         let masked = match self.dev(i).intx.as_mut() {
             Some(intx) if !intx.masked => {

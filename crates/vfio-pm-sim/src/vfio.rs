@@ -55,10 +55,11 @@ impl HostState {
         }
     }
 
-    /// `vfio_pci_set_power_state` / `pci_set_power_state` for D0..D3hot.
+    /// `vfio_pci_set_power_state` / `pci_set_power_state` for D0..D3hot. A runtime-suspended
+    /// device (only reachable here after a failed resume) is left alone.
     pub(crate) fn set_power_state(&mut self, i: usize, state: PowerState) {
         let d = self.dev(i);
-        if d.power == state || d.power == PowerState::D3Cold {
+        if d.power == state || d.status == crate::state::Rpm::Suspended {
             return;
         }
         // The emulated device's PMC advertises neither D1 nor D2: the request fails (ignored).
