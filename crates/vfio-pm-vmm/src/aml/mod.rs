@@ -66,7 +66,7 @@ use acpi_tables::aml::{
 };
 use acpi_tables::sdt::Sdt;
 use acpi_tables::Aml;
-use ops::{External, ExternalBlock, PowerResource, OBJECT_TYPE_DEVICE};
+use ops::{External, ExternalBlock, PowerResource, Raw, OBJECT_TYPE_DEVICE};
 
 /// Name of the trap OperationRegion, under `\_SB`.
 pub const TRAP_REGION: &str = "VPMR";
@@ -184,7 +184,7 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
 
     // Per device: power resource and device objects.
     for d in devices {
-        build_device(config, d, &mut out);
+        build_device(d, &mut out);
     }
 
     // Root ports.
@@ -302,10 +302,7 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
     Raw(bytes)
 }
 
-use ops::Raw;
-
-fn build_device(config: &VmmConfig, d: &DeviceConfig, out: &mut Vec<u8>) {
-    let _ = config;
+fn build_device(d: &DeviceConfig, out: &mut Vec<u8>) {
     let trap = trap_field_path();
     let state = rel(seg(STATE_NAME));
 
