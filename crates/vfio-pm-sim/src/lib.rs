@@ -10,7 +10,7 @@
 //! - [`SimDevice`]: an opened device fd, faithful call for call: the ioctl wrapper resumes
 //!   the device before any argument check, the feature validation order and errnos, the
 //!   runtime-PM usage count, asynchronous suspend (it happens when you call
-//!   [`HostDevice::settle`] or [`SimHost::run_pending`]: nothing sleeps), one-shot wakeup
+//!   [`HostDevice::settle`](vfio_pm::HostDevice::settle) or [`SimHost::run_pending`]: nothing sleeps), one-shot wakeup
 //!   signalling on a real resume, region access, mmap faults
 //!   ([`SimDevice::bar_mmap_access`]), host sysfs paths, reset and close.
 //! - Eventfds are real: the ENTRY_WITH_WAKEUP payload carries an eventfd number of this
@@ -42,6 +42,24 @@
 //! assert_eq!(now.runtime_status, RuntimeStatus::Active); // one-shot: low power was left
 //! # Ok(()) }
 //! ```
+//!
+//! ## Modelling choices (where the reference leaves room)
+//! - Transitions are instantaneous: runtime status is only ever `active` or `suspended`.
+//! - A `settle` runs every queued idle check of the host; suspend never happens otherwise.
+//! - After close, the fd calls answer EBADF but the sysfs-side calls (`observe`, `settle`,
+//!   `host_config_read`, `set_host_knob`) keep working, as they do on `KernelDevice`.
+//! - `device_feature` clamps `argsz` to the header plus payload, exactly as
+//!   `vfio_pm::feature::device_feature` does before calling the real kernel, so both backends
+//!   see the same request.
+//! - Config space is an e1000e-like header; only the command register and PMCSR are
+//!   writable. The PMC advertises neither D1 nor D2, so PMCSR D1/D2 writes are ignored.
+//!   Out-of-range config access answers EFAULT (`vfio_config_do_rw`); BARs other than BAR0
+//!   answer EINVAL.
+//! - A device without a PM capability on a D3hot platform runtime-suspends but stays in D0
+//!   (`pci_target_state`).
+//! - Resume failure leaves the device suspended (in its D3 state) and every resume EIO; a
+//!   resume failure injected while `power/control=on` keeps that reference.
+//! - Hot reset takes every device sharing the caller's `dev_set` id (or the caller alone).
 #![deny(missing_docs)]
 
 mod config;

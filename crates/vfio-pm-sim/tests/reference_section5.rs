@@ -375,3 +375,59 @@ fn misuse_is_an_error_not_a_panic() {
         .build();
     assert_eq!(dup.unwrap_err().errno(), Errno::EEXIST);
 }
+
+#[test]
+fn the_event_trace_tells_the_wakeup_story_in_order() {
+    use vfio_pm_sim::Event;
+    let (host, dev) = open(Platform::D3cold);
+    let e = efd();
+    host.take_events();
+    wakeup(&dev, &e).unwrap();
+    dev.settle(LIMIT).unwrap();
+    dev.device_ioctl().unwrap();
+    let events = host.take_events();
+    let pos = |f: &dyn Fn(&Event) -> bool| events.iter().position(f);
+    let armed = pos(&|e| {
+        matches!(
+            e,
+            Event::Engaged {
+                engaged: true,
+                wakeup: true,
+                ..
+            }
+        )
+    });
+    let suspended =
+        pos(&|e| matches!(e, Event::Suspended { state, .. } if *state == PowerState::D3Cold));
+    let resumed = pos(&|e| {
+        matches!(
+            e,
+            Event::Resumed {
+                reason: "ioctl get",
+                ..
+            }
+        )
+    });
+    let signalled = pos(&|e| matches!(e, Event::Signalled { .. }));
+    let exited = pos(&|e| matches!(e, Event::Engaged { engaged: false, .. }));
+    let order = [armed, suspended, resumed, signalled, exited];
+    assert!(order.iter().all(Option::is_some), "{events:#?}");
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{events:#?}");
+    // Usage: 1 (open) +1 (ioctl) -1 (entry noidle) -1 (put) = 0 before the suspend.
+    let before_suspend = events[..suspended.unwrap()]
+        .iter()
+        .rev()
+        .find_map(|e| match e {
+            Event::Usage { count, .. } => Some(*count),
+            _ => None,
+        });
+    assert_eq!(before_suspend, Some(0));
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, Event::Signalled { .. }))
+            .count(),
+        1
+    );
+    assert!(events.iter().all(|e| !e.to_string().is_empty()));
+}
