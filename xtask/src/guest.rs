@@ -132,7 +132,13 @@ pub fn initramfs(
         names.push(name);
     }
     for (name, path) in binaries {
-        std::fs::copy(path, root.join("bin").join(name))?;
+        let dst = root.join("bin").join(name);
+        std::fs::copy(path, &dst)?;
+        // Debug info only slows packing and booting (the release profile keeps it); best effort.
+        let _ = Command::new("strip")
+            .arg("--strip-debug")
+            .arg(&dst)
+            .status();
     }
     std::fs::write(root.join("init"), init_script(&names))?;
     run_cmd(

@@ -52,7 +52,8 @@ pub struct Options {
     pub kernels: Vec<KernelSeries>,
     /// Platforms, in order (for each kernel).
     pub platforms: Vec<Platform>,
-    /// Also build and install the `vfio-pm` CLI in the guest.
+    /// Also build and install the `vfio-pm` CLI in the guest as `/bin/vfio-pm` (default on;
+    /// `--no-cli` turns it off while the CLI does not build).
     pub with_cli: bool,
     /// Guest phases (`vfiopm.phases=`), e.g. `checks`.
     pub phases: Vec<String>,
@@ -65,7 +66,7 @@ impl Default for Options {
         Self {
             kernels: KernelSeries::ALL.to_vec(),
             platforms: Platform::ALL.to_vec(),
-            with_cli: false,
+            with_cli: true,
             phases: vec!["checks".into()],
             timeout: Duration::from_secs(120),
         }

@@ -194,10 +194,21 @@ fn download(package: &str, into: &Path) -> Result<PathBuf> {
         })
 }
 
-/// Makes sure the newest kernel of `series` is cached, downloading it if needed.
+/// Makes sure the newest kernel of `series` is cached, downloading it if needed. A failed
+/// download (stale package lists naming a version the archive no longer has) is retried once
+/// after `apt-get update`.
 pub fn ensure(series: KernelSeries) -> Result<KernelImage> {
     let package = resolve(series)?;
-    ensure_package(series, &package)
+    match ensure_package(series, &package) {
+        Ok(k) => Ok(k),
+        Err(e) if crate::is_root() => {
+            eprintln!("xtask kernels: {e:#}; running apt-get update and retrying");
+            run_cmd(Command::new("apt-get").arg("update")).context("apt-get update")?;
+            let package = resolve(series)?;
+            ensure_package(series, &package)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Makes sure `package` (an image package of `series`) is cached.

@@ -8,7 +8,7 @@ const USAGE: &str = "usage: cargo xtask <command>
   deps                         install missing host packages (apt-get)
   kernels [--kernel 6.1|6.12|all]
                                resolve, download and cache the Debian kernels
-  qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--with-cli]
+  qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--no-cli]
        [--phases checks,...] [--timeout SECS]
                                run vfio-pm against the real kernels in QEMU
   test [ARGS...]               cargo test --workspace ARGS (includes the QEMU test;
@@ -56,6 +56,7 @@ fn main() -> Result<()> {
             "--kernel" => opts.kernels = kernels_arg(value()?)?,
             "--platform" => opts.platforms = platforms_arg(value()?)?,
             "--with-cli" => opts.with_cli = true,
+            "--no-cli" => opts.with_cli = false,
             "--phases" | "--mode" => {
                 opts.phases = value()?.split(',').map(str::to_string).collect()
             }
