@@ -1,5 +1,6 @@
 //! `vfio-pm`: runtime power management for VFIO passthrough devices, from the command line.
 
+mod aml_cmd;
 mod direct;
 mod doctor_cmd;
 mod exporter;
@@ -113,6 +114,8 @@ enum Command {
     Watch(watch::WatchArgs),
     /// Serve Prometheus metrics (power state, residency, wakes, D3cold reachability) over HTTP.
     Exporter(exporter::ExporterArgs),
+    /// Write the SSDT (virtual ACPI power resources, _PR0/_PR3, wake GPE) for a VMM configuration.
+    Aml(aml_cmd::AmlArgs),
 }
 
 fn main() -> ExitCode {
@@ -141,6 +144,7 @@ fn main() -> ExitCode {
         } => direct::hold(&sysfs, bdf, wakeup, duration, interval, json),
         Command::Watch(args) => watch::run(&sysfs, args),
         Command::Exporter(args) => exporter::run(&sysfs, args),
+        Command::Aml(args) => aml_cmd::run(args),
     };
     match result {
         Ok(code) => code,

@@ -132,3 +132,37 @@ fn help_explains_the_power_states() {
         assert!(text.contains(word), "{word} missing from --help");
     }
 }
+
+#[test]
+fn aml_writes_a_checksummed_ssdt_and_names_bad_fields() {
+    let tmp = tempfile::tempdir().unwrap();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/qemu-e1000e.toml"
+    );
+    let out_path = tmp.path().join("ssdt.aml");
+    let out = vfio_pm(
+        tmp.path(),
+        &["aml", example, "-o", out_path.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let table = std::fs::read(&out_path).unwrap();
+    assert_eq!(&table[0..4], b"SSDT");
+    let len = u32::from_le_bytes(table[4..8].try_into().unwrap()) as usize;
+    assert_eq!(len, table.len());
+    assert_eq!(
+        table.iter().fold(0u8, |a, b| a.wrapping_add(*b)),
+        0,
+        "checksum"
+    );
+
+    let bad = tmp.path().join("bad.toml");
+    let text = std::fs::read_to_string(example)
+        .unwrap()
+        .replace("0x440", "0x402");
+    std::fs::write(&bad, text).unwrap();
+    let out = vfio_pm(tmp.path(), &["aml", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(err.contains("trap.address"), "{err}");
+}
