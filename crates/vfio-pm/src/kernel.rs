@@ -142,7 +142,11 @@ impl HostDevice for KernelDevice {
         let mut last = self.observe()?;
         let mut stable_since = Instant::now();
         loop {
-            if last.runtime_status == RuntimeStatus::Suspended
+            // "suspended" counts once a second reading 10 ms later agrees (the PCI core may
+            // still be finishing the D-state transition when runtime_status flips).
+            let confirmed_suspended = last.runtime_status == RuntimeStatus::Suspended
+                && stable_since.elapsed() >= Duration::from_millis(10);
+            if confirmed_suspended
                 || stable_since.elapsed() >= ACTIVE_QUIET.min(limit)
                 || start.elapsed() >= limit
             {

@@ -286,12 +286,32 @@ impl SysfsDevice {
     }
 
     /// Power state and runtime status together, or the I/O error of the first that failed.
+    ///
+    /// The two files are separate reads, and a suspend or resume can land between them
+    /// (giving "D0 suspended"). Reading status, state, status again and retrying until the
+    /// two status reads agree returns a consistent pair.
     pub fn observe(&self) -> io::Result<PowerObservation> {
+        let status = || -> io::Result<RuntimeStatus> {
+            Ok(RuntimeStatus::from_sysfs(&read_trimmed(
+                &self.dir.join("power/runtime_status"),
+            )?))
+        };
+        let mut before = status()?;
+        for _ in 0..8 {
+            let power_state = PowerState::from_sysfs(&read_trimmed(&self.dir.join("power_state"))?);
+            let after = status()?;
+            if after == before && !after.is_transient() {
+                return Ok(PowerObservation {
+                    power_state,
+                    runtime_status: after,
+                });
+            }
+            before = after;
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         Ok(PowerObservation {
             power_state: PowerState::from_sysfs(&read_trimmed(&self.dir.join("power_state"))?),
-            runtime_status: RuntimeStatus::from_sysfs(&read_trimmed(
-                &self.dir.join("power/runtime_status"),
-            )?),
+            runtime_status: status()?,
         })
     }
 
