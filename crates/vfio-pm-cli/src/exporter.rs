@@ -24,7 +24,9 @@ use crate::watch::shutdown_signals;
 use anyhow::{anyhow, Context, Result};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 use std::collections::BTreeMap;
@@ -90,7 +92,7 @@ impl State {
             if !self.all_devices && !r.is_vfio() {
                 continue;
             }
-            errors += [
+            let failed = [
                 r.power_state.known().is_none(),
                 r.runtime_status.known().is_none(),
                 r.runtime_active_ms.known().is_none(),
@@ -99,6 +101,11 @@ impl State {
             .into_iter()
             .filter(|&failed| failed)
             .count() as u64;
+            if failed > 0 && !d.dir().is_dir() {
+                // Unplugged while being read: gone, not an error.
+                continue;
+            }
+            errors += failed;
             let tracker = self.trackers.entry(r.address).or_default();
             if let Some(s) = Sample::from_report(&r) {
                 tracker.observe(now, &s);
@@ -194,41 +201,45 @@ fn one_hot_values(known: &[&str], current: Option<&str>) -> Vec<String> {
     v
 }
 
+fn gauge<V: EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
+    for (l, v) in rows {
+        m.encode_family(&l)?.encode_gauge(&v)?;
+    }
+    Ok(())
+}
+
+fn counter<V: EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<&Unit>,
+    rows: Vec<(Labels, V)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
+    for (l, v) in rows {
+        m.encode_family(&l)?
+            .encode_counter::<NoLabelSet, V, f64>(&v, None)?;
+    }
+    Ok(())
+}
+
 impl Collector for Snapshot {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let seconds = Unit::Seconds;
-        let gauge = |enc: &mut DescriptorEncoder,
-                     name: &str,
-                     help: &str,
-                     unit: Option<&Unit>,
-                     rows: Vec<(Labels, f64)>|
-         -> Result<(), std::fmt::Error> {
-            let mut m = enc.encode_descriptor(name, help, unit, MetricType::Gauge)?;
-            for (l, v) in rows {
-                m.encode_family(&l)?.encode_gauge(&v)?;
-            }
-            Ok(())
-        };
-        let counter = |enc: &mut DescriptorEncoder,
-                       name: &str,
-                       help: &str,
-                       unit: Option<&Unit>,
-                       rows: Vec<(Labels, f64)>|
-         -> Result<(), std::fmt::Error> {
-            let mut m = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-            for (l, v) in rows {
-                m.encode_family(&l)?
-                    .encode_counter::<NoLabelSet, f64, f64>(&v, None)?;
-            }
-            Ok(())
-        };
         let devs = &self.devices;
 
         let mut rows = Vec::new();
         for d in devs {
             let Some(ps) = &d.power_state else { continue };
             for s in one_hot_values(&POWER_STATES, Some(ps.as_str())) {
-                let v = if s == ps.as_str() { 1.0 } else { 0.0 };
+                let v = i64::from(s == ps.as_str());
                 rows.push((with(&d.labels, "state", &s), v));
             }
         }
@@ -246,7 +257,7 @@ impl Collector for Snapshot {
                 continue;
             };
             for s in one_hot_values(&RUNTIME_STATUSES, Some(rs.as_str())) {
-                let v = if s == rs.as_str() { 1.0 } else { 0.0 };
+                let v = i64::from(s == rs.as_str());
                 rows.push((with(&d.labels, "status", &s), v));
             }
         }
@@ -304,7 +315,7 @@ impl Collector for Snapshot {
             "Changes of power state or runtime status seen by this exporter's sampler.",
             None,
             devs.iter()
-                .map(|d| (d.labels.clone(), d.transitions as f64))
+                .map(|d| (d.labels.clone(), d.transitions))
                 .collect(),
         )?;
         counter(
@@ -313,7 +324,7 @@ impl Collector for Snapshot {
             "Wakes (runtime-suspended to active) seen by this exporter, including wakes between samples proven by the kernel counters; a lower bound.",
             None,
             devs.iter()
-                .map(|d| (d.labels.clone(), d.wakes as f64))
+                .map(|d| (d.labels.clone(), d.wakes))
                 .collect(),
         )?;
         gauge(
@@ -323,7 +334,7 @@ impl Collector for Snapshot {
             None,
             devs.iter()
                 .filter_map(|d| {
-                    Some((d.labels.clone(), f64::from(u8::from(d.d3cold_reachable?))))
+                    Some((d.labels.clone(), i64::from(d.d3cold_reachable?)))
                 })
                 .collect(),
         )?;
@@ -332,7 +343,7 @@ impl Collector for Snapshot {
             "vfio_pm_scrape_errors",
             "sysfs reads that failed during scrapes (device listing, power_state, runtime_status, counters).",
             None,
-            vec![(Vec::new(), self.scrape_errors as f64)],
+            vec![(Vec::new(), self.scrape_errors)],
         )?;
         let mut info = enc.encode_descriptor(
             "vfio_pm_build",

@@ -11,7 +11,9 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
 use serde_json::{json, Value};
+use std::cell::Cell;
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime};
@@ -95,6 +97,8 @@ struct Watcher<'a> {
     left: Vec<(PciAddress, TrackerSummary)>,
     changes: u64,
     listing_failed: bool,
+    /// Stdout is gone.
+    closed: Cell<bool>,
 }
 
 fn state_text(s: Option<&Sample>) -> String {
@@ -107,6 +111,14 @@ impl Watcher<'_> {
         self.start.elapsed()
     }
 
+    /// Writes to stdout; a reader that went away (`watch | head`) ends the watch quietly.
+    fn out(&self, args: std::fmt::Arguments) {
+        let mut stdout = std::io::stdout().lock();
+        if stdout.write_fmt(args).and_then(|_| stdout.flush()).is_err() {
+            self.closed.set(true);
+        }
+    }
+
     fn emit(&self, bdf: Option<PciAddress>, event: &str, text: String, mut fields: Value) {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if self.args.json {
@@ -117,10 +129,10 @@ impl Watcher<'_> {
                 obj.insert("bdf".into(), json!(b));
             }
             obj.insert("event".into(), json!(event));
-            println!("{fields}");
+            self.out(format_args!("{fields}\n"));
         } else {
             let who = bdf.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
-            println!("{time}  {who}  {text}");
+            self.out(format_args!("{time}  {who}  {text}\n"));
         }
     }
 
@@ -255,15 +267,9 @@ impl Watcher<'_> {
         let now = self.now();
         let mut all: Vec<(PciAddress, TrackerSummary, bool)> = self
             .followed
-            .iter_mut()
-            .map(|(a, f)| {
-                // Close the books at the stop time: the last state held until now.
-                if let Some((s, _)) = f.tracker.current(now) {
-                    let s = s.clone();
-                    let _ = f.tracker.observe(now, &held(&s));
-                }
-                (*a, f.tracker.summary(), true)
-            })
+            .iter()
+            // The last state held until the stop.
+            .map(|(a, f)| (*a, f.tracker.summary_at(now), true))
             .collect();
         all.extend(self.left.drain(..).map(|(a, s)| (a, s, false)));
         all.sort_by_key(|(a, _, _)| *a);
@@ -277,11 +283,11 @@ impl Watcher<'_> {
             }
             return;
         }
-        println!(
+        self.out(format_args!(
             "\nresidency while watching ({}; D0 from the kernel's active time, suspended time \
-             attributed to the D3 state sampled; wakes include those proven from the counters):",
+             attributed to the D3 state sampled; wakes include those proven from the counters):\n",
             table::human(now)
-        );
+        ));
         let pct = |d: Duration, w: Duration| {
             if w.is_zero() {
                 "-".to_string()
@@ -315,7 +321,7 @@ impl Watcher<'_> {
                 ]
             })
             .collect();
-        print!(
+        self.out(format_args!(
             "{}",
             table::render(
                 &[
@@ -330,16 +336,7 @@ impl Watcher<'_> {
                 ],
                 &rows
             )
-        );
-    }
-}
-
-/// The same state again without counters: closes the last interval by holding its state.
-fn held(s: &Sample) -> Sample {
-    Sample {
-        observation: s.observation.clone(),
-        active_ms: None,
-        suspended_ms: None,
+        ));
     }
 }
 
@@ -360,6 +357,7 @@ pub fn run(sysfs: &Sysfs, args: WatchArgs) -> Result<ExitCode> {
         left: Vec::new(),
         changes: 0,
         listing_failed: false,
+        closed: Cell::new(false),
     };
     w.tick(true)?;
     if w.followed.is_empty() {
@@ -371,6 +369,9 @@ pub fn run(sysfs: &Sysfs, args: WatchArgs) -> Result<ExitCode> {
         w.emit(None, "idle", what, json!({}));
     }
     loop {
+        if w.closed.get() {
+            return Ok(ExitCode::SUCCESS);
+        }
         if args.count.is_some_and(|n| w.changes >= n) {
             break;
         }

@@ -8,8 +8,8 @@
 //! - A watcher (`vfio-pm watch`, the exporter's sampler) samples `power_state` and
 //!   `power/runtime_status` and feeds a [`ResidencyTracker`]. Between two samples the tracker
 //!   attributes the kernel counters' growth: active time to D0, suspended time to the D3 state
-//!   observed at either end of the interval. Without counters it holds the earlier sample's state
-//!   for the whole interval. It counts transitions and wakes (suspended → active), plus wakes it
+//!   observed at either end of the interval. Without counters, or when they did not advance with
+//!   the clock (a captured tree), it holds the earlier sample's state for the whole interval. It counts transitions and wakes (suspended → active), plus wakes it
 //!   missed but can prove from the counters (active time grew while both samples were suspended).
 //!
 //! [`Residency::from_report`] gives the since-boot picture from one reading, saying how the
@@ -191,11 +191,18 @@ impl ResidencyTracker {
         let delta = |a: Option<u64>, b: Option<u64>| b?.checked_sub(a?).map(Duration::from_millis);
         let active = delta(prev.active_ms, now.active_ms);
         let suspended = delta(prev.suspended_ms, now.suspended_ms);
+        let live = |a: Duration, s: Duration| (a + s) * 2 >= dt;
         let (Some(active), Some(suspended)) = (active, suspended) else {
             // No counters, or they went backwards (the device was replaced): hold the state.
             *self.observed.bucket(&prev.observation.power_state) += dt;
             return;
         };
+        if !live(active, suspended) {
+            // The counters did not keep up with the clock (a captured tree, or a kernel that
+            // updates them only at transitions): hold the state instead.
+            *self.observed.bucket(&prev.observation.power_state) += dt;
+            return;
+        }
         self.observed.d0 += active;
         let d3 = [&prev.observation.power_state, &now.observation.power_state]
             .into_iter()
@@ -250,12 +257,26 @@ impl ResidencyTracker {
         Some((s, now.saturating_sub(self.since)))
     }
 
-    /// Everything the tracker knows, for printing or JSON.
+    /// Everything the tracker knows as of the last sample, for printing or JSON.
     pub fn summary(&self) -> TrackerSummary {
+        let at = self.last.as_ref().map_or(Duration::ZERO, |(at, _)| *at);
+        self.summary_at(at)
+    }
+
+    /// As [`summary`](Self::summary), with the last sampled state held until `now` (when a
+    /// watch stops between two samples). Does not change the tracker.
+    pub fn summary_at(&self, now: Duration) -> TrackerSummary {
         let last = self.last.as_ref().map(|(_, s)| s);
+        let mut observed = self.observed;
+        let mut watched = self.watched();
+        if let Some((at, s)) = &self.last {
+            let extra = now.saturating_sub(*at);
+            *observed.bucket(&s.observation.power_state) += extra;
+            watched += extra;
+        }
         TrackerSummary {
-            watched: self.watched(),
-            observed: self.observed,
+            watched,
+            observed,
             transitions: self.transitions,
             wakes: self.wakes,
             missed_wakes: self.missed_wakes,
@@ -405,6 +426,11 @@ mod tests {
         assert_eq!(o.d3hot, Duration::ZERO);
         assert_eq!(tr.watched(), t(3500));
         assert_eq!(o.total(), tr.watched());
+        let later = tr.summary_at(t(4500));
+        assert_eq!(later.watched, t(4500));
+        assert_eq!(later.observed.d0, t(2500));
+        assert_eq!(later.kernel_active, Some(t(1600)));
+        assert_eq!(tr.summary().watched, t(3500), "summary_at changes nothing");
     }
 
     #[test]
@@ -461,6 +487,11 @@ mod tests {
         tr.observe(t(2000), &other);
         tr.observe(t(2500), &other);
         assert_eq!(tr.observed().other, t(500));
+        // Frozen counters (a captured tree) are not evidence: the state is held.
+        let mut frozen = ResidencyTracker::new();
+        frozen.observe(t(0), &s("D3hot", "suspended", 5000, 2000));
+        frozen.observe(t(1000), &s("D3hot", "suspended", 5000, 2000));
+        assert_eq!(frozen.observed().d3hot, t(1000));
         let json = serde_json::to_value(tr.summary()).unwrap();
         assert_eq!(json["observed"]["other_seconds"], 0.5);
         assert_eq!(json["transitions"], 1);
