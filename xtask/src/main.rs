@@ -11,7 +11,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--no-cli]
        [--phases checks,...] [--timeout SECS]
                                run vfio-pm against the real kernels in QEMU
-  test [ARGS...]               cargo test --workspace ARGS (includes the QEMU test;
+  test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
+                               (includes the QEMU test;
                                VFIO_PM_SKIP_QEMU=1 skips it loudly)";
 
 fn kernels_arg(v: &str) -> Result<Vec<KernelSeries>> {
@@ -36,6 +37,11 @@ fn main() -> Result<()> {
         bail!("{USAGE}");
     };
     if cmd == "test" {
+        // A fresh machine gets its Debian packages (QEMU, acpica-tools, ...) before any test
+        // needs them; the kernel images are fetched by the QEMU test itself.
+        if std::env::var_os("VFIO_PM_SKIP_QEMU").is_none() {
+            xtask::deps::ensure()?;
+        }
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let st = std::process::Command::new(cargo)
             .current_dir(xtask::workspace_root())
