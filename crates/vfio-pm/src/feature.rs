@@ -102,13 +102,16 @@ impl Support {
 /// request cannot make the kernel read our memory out of bounds.
 pub fn device_feature(fd: impl AsFd, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
     let total = HEADER_SIZE as usize + payload.len();
-    // u32 words keep the header 4-byte aligned as the kernel struct requires.
-    let mut buf = vec![0u32; total.div_ceil(4)];
-    let bytes: &mut [u8] = bytemuck_u32_as_bytes(&mut buf);
     let argsz = argsz.min(total as u32);
+    let mut bytes = vec![0u8; total.div_ceil(4) * 4];
     bytes[0..4].copy_from_slice(&argsz.to_ne_bytes());
     bytes[4..8].copy_from_slice(&flags.to_ne_bytes());
     bytes[8..total].copy_from_slice(payload);
+    // u32 words keep the header 4-byte aligned as the kernel struct requires.
+    let mut buf: Vec<u32> = bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
     let raw = fd.as_fd().as_raw_fd();
     // SAFETY: `buf` is a live, 4-byte aligned allocation of at least `argsz` bytes that starts
     // with a `vfio_device_feature` header; the kernel reads at most `argsz` bytes from it and
@@ -125,13 +128,6 @@ pub fn device_feature(fd: impl AsFd, argsz: u32, flags: u32, payload: &[u8]) -> 
     } else {
         Ok(())
     }
-}
-
-fn bytemuck_u32_as_bytes(words: &mut [u32]) -> &mut [u8] {
-    let len = std::mem::size_of_val(words);
-    // SAFETY: u32 has no padding and every byte pattern is a valid u8; the slice covers exactly
-    // the words' memory and borrows it mutably for the same lifetime.
-    unsafe { std::slice::from_raw_parts_mut(words.as_mut_ptr().cast::<u8>(), len) }
 }
 
 /// Adapter: `vmm_sys_util::ioctl` wants `AsRawFd`.
