@@ -166,3 +166,42 @@ fn aml_writes_a_checksummed_ssdt_and_names_bad_fields() {
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(err.contains("trap.address"), "{err}");
 }
+
+#[test]
+fn status_shows_since_boot_residency_and_says_how_d3_was_split() {
+    let (tmp, _fake) = tree();
+    let out = vfio_pm(tmp.path(), &["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    let header: Vec<&str> = lines[0].split_whitespace().collect();
+    assert_eq!(
+        &header[6..],
+        ["ACTIVE", "SUSPENDED", "SHARE", "D3COLD"],
+        "{text}"
+    );
+    let capable: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(&capable[6..], ["1.0s", "9.0s", "90%", "?"], "{text}");
+    let no_pr3: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(no_pr3[0], "0000:00:06.0");
+    assert_eq!(
+        no_pr3[9], "never",
+        "no _PR3: all suspended time was D3hot: {text}"
+    );
+
+    let out = vfio_pm(
+        tmp.path(),
+        &["status", "--json", "0000:00:06.0", "0000:00:05.0"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let gpu = &v[0]["residency"];
+    assert_eq!(gpu["d0_seconds"], 1.0);
+    assert_eq!(gpu["d3_seconds"], 9.0);
+    assert_eq!(gpu["suspended_share"], 0.9);
+    assert_eq!(gpu["d3_split"], "unknown");
+    assert!(gpu["d3cold_seconds"].is_null());
+    let nvme = &v[1]["residency"];
+    assert_eq!(nvme["d3_split"], "inferred_no_d3cold");
+    assert_eq!(nvme["d3hot_seconds"], 9.0);
+    assert_eq!(nvme["d3cold_seconds"], 0.0);
+}

@@ -434,6 +434,23 @@ fn prometheus_scrapes_the_exporter_and_sees_changes() {
         (r.len() == 1 && r[0].1 > 0.0).then_some(())
     });
 
+    // The queries docs/operations.md gives, with a short range: fleet D3cold residency ...
+    eventually("fleet D3cold residency", Duration::from_secs(30), || {
+        let r = prom.query(
+            "sum(rate(vfio_pm_device_observed_state_seconds_total{state=\"D3cold\"}[1m])) \
+             / sum(rate(vfio_pm_device_observed_state_seconds_total[1m]))",
+        );
+        (r.len() == 1 && r[0].1 > 0.0 && r[0].1 <= 1.0).then_some(())
+    });
+    // ... and devices that never reach D3cold: the NVMe without _PR3, not the GPU.
+    eventually("never-D3cold devices", Duration::from_secs(30), || {
+        let r = prom.query(
+            "increase(vfio_pm_device_observed_state_seconds_total{state=\"D3cold\"}[1m]) == 0",
+        );
+        let bdfs: Vec<&str> = r.iter().map(|(b, _)| b.as_str()).collect();
+        (bdfs == ["0000:00:06.0"]).then_some(())
+    });
+
     // Unplug: the device's series end; no read of it counts as an exporter error.
     fake.remove(addr("0000:00:06.0")).unwrap();
     eventually("06.0 gone from the scrape", Duration::from_secs(30), || {
