@@ -122,14 +122,18 @@ impl Watcher<'_> {
     fn emit(&self, bdf: Option<PciAddress>, event: &str, text: String, mut fields: Value) {
         let time = humantime::format_rfc3339_millis(SystemTime::now()).to_string();
         if self.args.json {
-            let obj = fields.as_object_mut().expect("event fields are an object");
+            // Common fields first, then the event's own.
+            let mut obj = serde_json::Map::new();
             obj.insert("time".into(), json!(time));
             obj.insert("t_s".into(), json!(secs(self.now())));
             if let Some(b) = bdf {
                 obj.insert("bdf".into(), json!(b));
             }
             obj.insert("event".into(), json!(event));
-            self.out(format_args!("{fields}\n"));
+            if let Value::Object(own) = fields.take() {
+                obj.extend(own);
+            }
+            self.out(format_args!("{}\n", Value::Object(obj)));
         } else {
             let who = bdf.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
             self.out(format_args!("{time}  {who}  {text}\n"));
