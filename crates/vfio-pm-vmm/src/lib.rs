@@ -6,5 +6,7 @@
 pub mod aml;
 pub mod config;
 pub mod controller;
+pub mod guest;
 pub mod pme;
 pub mod trap;
+pub mod vmm;

@@ -1,0 +1,324 @@
+//! A simulated Linux guest: what the guest kernel does with the generated power resources.
+//!
+//! Used by `vfio-pm demo` and the adapter tests to drive a [`VmmPowerManager`] the way a real
+//! guest would, without a VM. The model follows Linux's PCI/ACPI runtime PM (6.1):
+//!
+//! - **Runtime suspend** of an idle device whose target state is D3cold
+//!   (`pci_finish_runtime_suspend` → `pci_set_power_state(D3cold)`): arm wake (PMCSR PME_En,
+//!   only if the PM capability advertises PME from D3cold), PMCSR PowerState = D3hot, then the
+//!   platform transition evaluates the power resource's `_OFF`, i.e. the trap write the
+//!   generated AML makes ([`crate::aml::trap_value`], so the encoding is the generator's).
+//! - **Wake**: the GPE method / GED `_EVT` does `Notify (dev, 2)`; for a device in D3cold,
+//!   `pci_acpi_wake_dev` requests a runtime resume.
+//! - **Runtime resume**: `_ON` (trap write), then PMCSR PowerState = D0 with PME_Status
+//!   written 1 to clear and PME_En clear (`pci_pme_active(dev, false)`).
+//!
+//! Notifications reach the guest through a [`GuestInbox`], a [`GuestNotifier`] given to the
+//! manager; [`SimulatedGuest::handle_wakes`] takes them like the guest's interrupt handler.
+
+use crate::config::TrapSpace;
+use crate::controller::RequestOutcome;
+use crate::pme::{
+    Delivery, GuestNotifier, NotifyError, WakeRoute, PMCSR_OFFSET, PMCSR_PME_EN, PMCSR_PME_STATUS,
+    PMC_OFFSET, PMC_PME_D3COLD,
+};
+use crate::trap::{DeviceSlot, PowerAction};
+use crate::vmm::{trap_bytes, VmmError, VmmPowerManager};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// PMCSR PowerState value for D3hot.
+const PMCSR_D3HOT: u32 = 0x3;
+
+/// Errors of the simulated guest.
+#[derive(Debug, thiserror::Error)]
+pub enum GuestError {
+    /// No configured device in this slot.
+    #[error("no device in slot {0}")]
+    UnknownDevice(u8),
+    /// The device has no power resource (`d3cold = false`): the guest never evaluates
+    /// `_ON`/`_OFF` for it.
+    #[error("slot {0} has no power resource")]
+    NoPowerResource(u8),
+    /// The request does not fit the guest's view of the device (suspend while suspended,
+    /// resume while on).
+    #[error("slot {slot}: device is already {state:?}")]
+    WrongState {
+        /// The device.
+        slot: u8,
+        /// Its guest-side state.
+        state: GuestPower,
+    },
+    /// The VMM refused the access. The guest's own state has moved on regardless, as the AML
+    /// method does not see the VMM's result.
+    #[error(transparent)]
+    Vmm(#[from] VmmError),
+}
+
+/// The guest's view of a device's power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuestPower {
+    /// On (the power resource is on).
+    D0,
+    /// Runtime-suspended with the power resource off.
+    D3Cold,
+}
+
+/// One trap write as the guest makes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct TrapWrite {
+    /// I/O port or MMIO.
+    pub space: TrapSpace,
+    /// Port or guest-physical address.
+    pub address: u64,
+    /// The bytes, little endian; the length is the register width.
+    pub data: Vec<u8>,
+}
+
+/// Why the guest changed a device's power.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The device went idle (autosuspend).
+    Idle,
+    /// The guest needs the device (a driver request).
+    Use,
+    /// A wake notification (`Notify (dev, 2)`).
+    Wake,
+}
+
+/// One `_ON` or `_OFF` the guest evaluated.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct GuestStep {
+    /// The device.
+    pub device: u8,
+    /// `_ON` or `_OFF`.
+    pub action: &'static str,
+    /// Why.
+    pub reason: Reason,
+    /// The trap write.
+    pub trap: TrapWrite,
+    /// What the VMM did with it.
+    pub outcome: RequestOutcome,
+    /// PME_Status as the guest read it while resuming (then cleared); `false` for `_OFF`.
+    pub pme_status_seen: bool,
+}
+
+/// What the guest did with one wake notification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WakeHandled {
+    /// The route it came through.
+    pub route: WakeRoute,
+    /// The device the AML notified, if any is on that route.
+    pub device: Option<u8>,
+    /// The resume it caused (`None`: the device was already on, the notification is ignored).
+    pub resumed: Option<GuestStep>,
+}
+
+/// The guest's end of wake notifications: give a clone to the manager as its notifier.
+#[derive(Clone, Debug, Default)]
+pub struct GuestInbox(Arc<Mutex<VecDeque<WakeRoute>>>);
+
+impl GuestInbox {
+    /// Empty.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    fn lock(&self) -> MutexGuard<'_, VecDeque<WakeRoute>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    /// Notifications not yet taken.
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+    /// Takes every pending notification, in order.
+    pub fn take(&self) -> Vec<WakeRoute> {
+        self.lock().drain(..).collect()
+    }
+}
+
+impl GuestNotifier for GuestInbox {
+    fn notify(&self, route: WakeRoute) -> Result<Delivery, NotifyError> {
+        self.lock().push_back(route);
+        Ok(Delivery::Interrupt)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct GuestDevice {
+    power: GuestPower,
+    has_power_resource: bool,
+    route: WakeRoute,
+}
+
+/// A Linux guest's runtime PM of the configured devices (see the module docs).
+#[derive(Clone, Debug)]
+pub struct SimulatedGuest {
+    devices: Vec<GuestDevice>,
+    inbox: GuestInbox,
+}
+
+impl SimulatedGuest {
+    /// A guest that has just booted (every device on: Linux runs `_ON` of the D0 resources at
+    /// boot, which the manager treats as the initial state), reading notifications from
+    /// `inbox` (the notifier the manager was built with).
+    pub fn new(vpm: &VmmPowerManager, inbox: GuestInbox) -> Self {
+        let devices = vpm
+            .slots()
+            .filter_map(|s| {
+                let d = vpm.device_config(s)?;
+                Some(GuestDevice {
+                    power: GuestPower::D0,
+                    has_power_resource: d.power_resource.is_some(),
+                    route: vpm.wake_route(s)?,
+                })
+            })
+            .collect();
+        Self { devices, inbox }
+    }
+
+    /// The guest's view of a device.
+    pub fn power(&self, slot: DeviceSlot) -> Option<GuestPower> {
+        self.devices.get(usize::from(slot.index())).map(|d| d.power)
+    }
+
+    fn device(&self, slot: DeviceSlot) -> Result<&GuestDevice, GuestError> {
+        let d = self
+            .devices
+            .get(usize::from(slot.index()))
+            .ok_or(GuestError::UnknownDevice(slot.index()))?;
+        if !d.has_power_resource {
+            return Err(GuestError::NoPowerResource(slot.index()));
+        }
+        Ok(d)
+    }
+
+    fn set_power(&mut self, slot: DeviceSlot, power: GuestPower) {
+        if let Some(d) = self.devices.get_mut(usize::from(slot.index())) {
+            d.power = power;
+        }
+    }
+
+    /// The trap write the AML's `_ON`/`_OFF` of `slot` makes.
+    pub fn trap_write(
+        &self,
+        vpm: &VmmPowerManager,
+        slot: DeviceSlot,
+        action: PowerAction,
+    ) -> Result<TrapWrite, GuestError> {
+        self.device(slot)?;
+        let d = vpm
+            .device_config(slot)
+            .ok_or(GuestError::UnknownDevice(slot.index()))?;
+        let trap = vpm.config().trap();
+        Ok(TrapWrite {
+            space: trap.space,
+            address: trap.address,
+            data: trap_bytes(trap, d, action),
+        })
+    }
+
+    fn evaluate(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+        slot: DeviceSlot,
+        action: PowerAction,
+        reason: Reason,
+    ) -> Result<GuestStep, GuestError> {
+        let trap = self.trap_write(vpm, slot, action)?;
+        let on = action == PowerAction::PowerOn;
+        // The AML updates STAT whatever the VMM did with the write.
+        self.set_power(
+            slot,
+            if on {
+                GuestPower::D0
+            } else {
+                GuestPower::D3Cold
+            },
+        );
+        let out = vpm.on_trap_write(trap.space, trap.address, &trap.data)?;
+        Ok(GuestStep {
+            device: slot.index(),
+            action: if on { "_ON" } else { "_OFF" },
+            reason,
+            trap,
+            outcome: out.outcome,
+            pme_status_seen: false,
+        })
+    }
+
+    /// Runtime suspend of an idle device to D3cold: PMCSR (PME_En if PME from D3cold is
+    /// advertised, PowerState D3hot), then `_OFF`.
+    pub fn runtime_suspend(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+        slot: DeviceSlot,
+    ) -> Result<GuestStep, GuestError> {
+        let d = self.device(slot)?;
+        if d.power != GuestPower::D0 {
+            return Err(GuestError::WrongState {
+                slot: slot.index(),
+                state: d.power,
+            });
+        }
+        let pmc = vpm.on_pm_config_read(slot, PMC_OFFSET, 2)?;
+        let pme_en = if pmc & u32::from(PMC_PME_D3COLD) != 0 {
+            u32::from(PMCSR_PME_EN)
+        } else {
+            0
+        };
+        vpm.on_pm_config_write(slot, PMCSR_OFFSET, 2, pme_en | PMCSR_D3HOT)?;
+        self.evaluate(vpm, slot, PowerAction::PowerOff, Reason::Idle)
+    }
+
+    /// Runtime resume: `_ON`, then PMCSR D0 with PME_Status cleared and PME_En off.
+    pub fn runtime_resume(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+        slot: DeviceSlot,
+        reason: Reason,
+    ) -> Result<GuestStep, GuestError> {
+        let d = self.device(slot)?;
+        if d.power != GuestPower::D3Cold {
+            return Err(GuestError::WrongState {
+                slot: slot.index(),
+                state: d.power,
+            });
+        }
+        let mut step = self.evaluate(vpm, slot, PowerAction::PowerOn, reason)?;
+        let pmcsr = vpm.on_pm_config_read(slot, PMCSR_OFFSET, 2)?;
+        step.pme_status_seen = pmcsr & u32::from(PMCSR_PME_STATUS) != 0;
+        vpm.on_pm_config_write(slot, PMCSR_OFFSET, 2, u32::from(PMCSR_PME_STATUS))?;
+        Ok(step)
+    }
+
+    /// Takes the pending notifications and acts on each like Linux: `Notify (dev, 2)` for a
+    /// device in D3cold resumes it; for a device that is on, nothing happens.
+    pub fn handle_wakes(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+    ) -> Result<Vec<WakeHandled>, GuestError> {
+        let mut out = Vec::new();
+        for route in self.inbox.take() {
+            let device = self
+                .devices
+                .iter()
+                .position(|d| d.route == route)
+                .and_then(|i| DeviceSlot::new(i as u8));
+            let resumed = match device {
+                Some(s) if self.power(s) == Some(GuestPower::D3Cold) => {
+                    Some(self.runtime_resume(vpm, s, Reason::Wake)?)
+                }
+                _ => None,
+            };
+            out.push(WakeHandled {
+                route,
+                device: device.map(DeviceSlot::index),
+                resumed,
+            });
+        }
+        Ok(out)
+    }
+}
