@@ -67,7 +67,7 @@ impl Default for Options {
             kernels: KernelSeries::ALL.to_vec(),
             platforms: Platform::ALL.to_vec(),
             with_cli: true,
-            phases: vec!["checks".into()],
+            phases: vec!["checks".into(), "scenarios".into()],
             timeout: Duration::from_secs(120),
         }
     }
@@ -88,6 +88,8 @@ pub struct RunResult {
     pub host_checks: Vec<Check>,
     /// Where the console was saved.
     pub console_log: PathBuf,
+    /// Model-vs-kernel verdicts, when the guest ran the `scenarios` phase.
+    pub conformance: Option<crate::conformance::RunConformance>,
 }
 
 fn host_check(name: &str, passed: bool, detail: String) -> Check {
@@ -175,6 +177,21 @@ impl RunResult {
             format!("guest runs {got}, want {}", kernel.release),
         ));
         hc.push(trap_check(platform, &outcome.trap));
+        let conformance = report
+            .records
+            .contains(&crate::console::Record::Begin("scenarios".into()))
+            .then(|| crate::conformance::compare(kernel.series, platform, &report));
+        let conformance = match conformance {
+            Some(Ok(c)) => {
+                hc.extend(c.host_checks());
+                Some(c)
+            }
+            Some(Err(e)) => {
+                hc.push(host_check("host-scenarios-parse", false, e.to_string()));
+                None
+            }
+            None => None,
+        };
         Self {
             kernel,
             platform,
@@ -182,6 +199,7 @@ impl RunResult {
             report,
             host_checks: hc,
             console_log,
+            conformance,
         }
     }
 

@@ -9,7 +9,9 @@
 //! - [`qemu`]: one boot with a hard timeout, console captured.
 //! - [`console`]: the parser of the guest's `VFIOPM ...` lines.
 //! - [`harness`]: the kernel × platform matrix and its summary.
+//! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
 
+pub mod conformance;
 pub mod console;
 pub mod deps;
 pub mod guest;

@@ -14,6 +14,7 @@
 pub mod checks;
 pub mod context;
 pub mod report;
+pub mod scenarios;
 
 use context::Ctx;
 use report::Reporter;
@@ -22,7 +23,7 @@ use report::Reporter;
 pub type Phase = (&'static str, fn(&Ctx, &mut Reporter));
 
 /// Every phase this program knows, in the order documentation lists them.
-pub const PHASES: &[Phase] = &[("checks", checks::run)];
+pub const PHASES: &[Phase] = &[("checks", checks::run), ("scenarios", scenarios::run)];
 
 /// Runs the phases selected by `args` and the kernel command line, prints the results and
 /// returns the exit status (0 when every check passed).

@@ -18,7 +18,9 @@
 //!   writes 1 to it on a wake.
 //! - [`Event`]: a structured trace of every transition ([`SimHost::events`]).
 //! - [`scenario`]: the scenario format, the backend-generic runner and the outcome trace;
-//!   [`run_on_model`] runs one on a fresh model host.
+//!   [`run_on_model`] runs one on a fresh model host ([`run_on_model_with`]: any kernel
+//!   version and options; [`model_outcomes`]: every outcome a racy scenario allows);
+//!   [`scenario::BUILTIN`] embeds the workspace's scenario files.
 //!
 //! ```
 //! use std::os::fd::AsRawFd;
@@ -86,10 +88,68 @@ pub use vfio::MmapAccess;
 /// Runs `scenario` on a fresh model host with one default device on `platform` (kernel 6.1):
 /// the model's side of a model-vs-kernel comparison.
 pub fn run_on_model(scenario: &scenario::Scenario, platform: Platform) -> scenario::Trace {
-    let host = SimHost::new(platform);
-    scenario::run(scenario, &mut || {
-        host.open(DEFAULT_ADDRESS)
-            .map(|d| Box::new(d) as Box<dyn vfio_pm::HostDevice>)
-            .map_err(|e| e.errno())
-    })
+    run_on_model_with(
+        scenario,
+        platform,
+        KernelVersion::V6_1,
+        &scenario::RunOptions::default(),
+    )
+}
+
+/// Runs `scenario` on a fresh model host with one default device on `platform`, impersonating
+/// `kernel`, with `options` (e.g. [`scenario::RunOptions::suspend_wins`]).
+pub fn run_on_model_with(
+    scenario: &scenario::Scenario,
+    platform: Platform,
+    kernel: KernelVersion,
+    options: &scenario::RunOptions,
+) -> scenario::Trace {
+    let host = SimHost::builder()
+        .platform(platform)
+        .kernel(kernel)
+        .build()
+        .unwrap_or_else(|_| SimHost::new(platform));
+    scenario::run_with(
+        scenario,
+        &mut || {
+            host.open(DEFAULT_ADDRESS)
+                .map(|d| Box::new(d) as Box<dyn vfio_pm::HostDevice>)
+                .map_err(|e| e.errno())
+        },
+        options,
+    )
+}
+
+/// At most this many `nosettle` steps are enumerated by [`model_outcomes`] (2^N runs).
+pub const MAX_RACE_STEPS: u32 = 6;
+
+/// Every outcome the model allows for `scenario` on `platform` and `kernel`, without
+/// duplicates. The first is the default schedule (every `nosettle` step is followed by the
+/// next step before any asynchronous suspend). For a `timing-sensitive` scenario the others
+/// are the traces where the asynchronous suspend won the race after some of its `nosettle`
+/// steps (every combination of the first [`MAX_RACE_STEPS`]): a real kernel may legitimately
+/// produce any of them. Other scenarios have exactly one outcome.
+pub fn model_outcomes(
+    scenario: &scenario::Scenario,
+    platform: Platform,
+    kernel: KernelVersion,
+) -> Vec<scenario::Trace> {
+    let races = if scenario.timing_sensitive {
+        let n = scenario.steps.iter().filter(|s| !s.settle).count();
+        u32::try_from(n).unwrap_or(u32::MAX).min(MAX_RACE_STEPS)
+    } else {
+        0
+    };
+    let mut out: Vec<scenario::Trace> = Vec::new();
+    for suspend_wins in 0..(1u64 << races) {
+        let options = scenario::RunOptions {
+            suspend_wins,
+            ..Default::default()
+        };
+        let t = run_on_model_with(scenario, platform, kernel, &options);
+        if !out.contains(&t) {
+            out.push(t);
+        }
+    }
+    out
 }

@@ -53,4 +53,16 @@ pub use parse::{
     StepKind,
 };
 pub use run::{run, run_with, RunOptions, BAD_FD};
-pub use trace::{diff, Trace, TraceLine};
+pub use trace::{diff, Trace, TraceLine, TraceParseError};
+
+/// The workspace's `scenarios/*.scn` files as `(name, text)`, sorted by name, embedded at
+/// build time (so a guest binary carries them without any file).
+pub const BUILTIN: &[(&str, &str)] = include!(concat!(env!("OUT_DIR"), "/builtin.rs"));
+
+/// Parses every [`BUILTIN`] scenario.
+pub fn builtin() -> Result<Vec<Scenario>, ParseError> {
+    BUILTIN
+        .iter()
+        .map(|(name, text)| Scenario::parse(name, text))
+        .collect()
+}

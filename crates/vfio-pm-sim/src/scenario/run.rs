@@ -17,12 +17,19 @@ pub const BAD_FD: i32 = 0x3fff_fff0;
 pub struct RunOptions {
     /// The limit passed to [`HostDevice::settle`] after each settling step.
     pub settle_limit: Duration,
+    /// Interleavings for `nosettle` steps: when bit `i` is set, the host's asynchronous work
+    /// still runs after the `i`-th `nosettle` step of the scenario (a settle whose observation
+    /// is not recorded; the line still says `unsettled`), i.e. the asynchronous suspend wins
+    /// the race with the next step. 0 (the default) = the next step always wins. Meant for the
+    /// model, whose suspend happens only when asked; see `vfio_pm_sim::model_outcomes`.
+    pub suspend_wins: u64,
 }
 
 impl Default for RunOptions {
     fn default() -> Self {
         Self {
             settle_limit: Duration::from_secs(2),
+            suspend_wins: 0,
         }
     }
 }
@@ -69,8 +76,20 @@ pub fn run_with(
         efds,
         open,
     };
+    let mut nosettle_index = 0u32;
     for step in &scenario.steps {
         let result = runner.step(step);
+        if !step.settle {
+            let wins = options
+                .suspend_wins
+                .checked_shr(nosettle_index)
+                .is_some_and(|b| b & 1 == 1);
+            nosettle_index = nosettle_index.saturating_add(1);
+            if let (true, Some(dev)) = (wins, &runner.device) {
+                // Only lets the asynchronous work run; the line still says `unsettled`.
+                let _ = dev.settle(options.settle_limit);
+            }
+        }
         let eventfds = runner
             .efds
             .iter()

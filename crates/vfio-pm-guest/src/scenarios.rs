@@ -1,0 +1,146 @@
+//! Phase `scenarios`: every conformance scenario of the workspace (`scenarios/*.scn`, embedded
+//! in this binary through [`vfio_pm_sim::scenario::BUILTIN`]) that applies to the VM's
+//! platform, run against the real kernel ([`KernelDevice`]) with the same runner the model
+//! uses. The host compares the traces with the model's (`cargo xtask conformance`).
+//!
+//! Output per scenario: one `VFIOPM TRACE <scenario> <line>` per step, then the end marker
+//! `VFIOPM INFO scenario-end <scenario> steps=<n> ms=<elapsed>`. Checks: the scenarios parse,
+//! and every scenario started from the baseline (device closed, `power/control=auto`,
+//! `d3cold_allowed=1`, runtime-suspended).
+
+use crate::context::Ctx;
+use crate::report::Reporter;
+use std::time::{Duration, Instant};
+use vfio_pm::{Errno, HostDevice, KernelDevice, OpenError, RuntimeStatus, SysfsDevice};
+use vfio_pm_sim::scenario::{self, RunOptions};
+
+/// The settle limit per step. A runtime suspend takes about 12 ms in the QEMU guest (the
+/// `checks` phase reports it); an active device counts as settled after this much quiet.
+pub const SETTLE_LIMIT: Duration = Duration::from_millis(150);
+
+/// How long the baseline may take to suspend.
+const BASELINE_LIMIT: Duration = Duration::from_secs(3);
+
+/// The errno the runner records when the factory cannot open the device.
+pub fn open_errno(e: &OpenError) -> Errno {
+    match e {
+        OpenError::Busy { .. } => Errno::EBUSY,
+        OpenError::Permission { .. } => Errno::EACCES,
+        OpenError::NoDevVfio { .. } => Errno::ENOENT,
+        OpenError::Sysfs(_)
+        | OpenError::NotVfio { .. }
+        | OpenError::NoIommuGroup { .. }
+        | OpenError::NotViable { .. } => Errno::ENODEV,
+        OpenError::Vfio { .. } => Errno::EIO,
+    }
+}
+
+/// Writes `value` to `rel` unless it already reads so (a `d3cold_allowed` write resumes the
+/// device even when the value does not change).
+fn ensure_knob(sys: &SysfsDevice, rel: &str, value: &str) -> Result<(), String> {
+    let path = sys.dir().join(rel);
+    let now = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if now.trim() == value {
+        return Ok(());
+    }
+    sys.write(rel, value).map_err(|e| e.to_string())
+}
+
+/// Brings the (closed) device back to the baseline: `power/control=auto`, `d3cold_allowed=1`,
+/// runtime-suspended (two readings 10 ms apart agree).
+pub fn baseline(sys: &SysfsDevice) -> Result<String, String> {
+    ensure_knob(sys, "power/control", "auto")?;
+    ensure_knob(sys, "d3cold_allowed", "1")?;
+    let start = Instant::now();
+    loop {
+        let a = sys.observe().map_err(|e| e.to_string())?;
+        if a.runtime_status == RuntimeStatus::Suspended {
+            std::thread::sleep(Duration::from_millis(10));
+            let b = sys.observe().map_err(|e| e.to_string())?;
+            if a == b {
+                return Ok(b.to_string());
+            }
+        }
+        if start.elapsed() >= BASELINE_LIMIT {
+            return Err(format!("not suspended after {BASELINE_LIMIT:?}: {a}"));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs the phase.
+pub fn run(ctx: &Ctx, r: &mut Reporter) {
+    let all = match scenario::builtin() {
+        Ok(all) => all,
+        Err(e) => {
+            r.check("scenarios-parse", false, e);
+            return;
+        }
+    };
+    let platform = match ctx.platform {
+        crate::context::Platform::D3Hot => vfio_pm_sim::Platform::D3hot,
+        crate::context::Platform::D3Cold => vfio_pm_sim::Platform::D3cold,
+    };
+    let applicable: Vec<_> = all.iter().filter(|s| s.applies_to(platform)).collect();
+    r.check(
+        "scenarios-parse",
+        !applicable.is_empty(),
+        format!(
+            "{} scenarios embedded, {} apply to {platform}",
+            all.len(),
+            applicable.len()
+        ),
+    );
+    let sys = match ctx.sysfs.device(ctx.device) {
+        Ok(s) => s,
+        Err(e) => {
+            r.check("scenarios-device-present", false, e);
+            return;
+        }
+    };
+    let options = RunOptions {
+        settle_limit: SETTLE_LIMIT,
+        ..RunOptions::default()
+    };
+    let started = Instant::now();
+    let mut off_baseline = Vec::new();
+    for sc in applicable {
+        if let Err(e) = baseline(&sys) {
+            r.check(&format!("scenario-baseline-{}", sc.name), false, e);
+            off_baseline.push(sc.name.clone());
+        }
+        let t0 = Instant::now();
+        let mut open = || -> Result<Box<dyn HostDevice>, Errno> {
+            KernelDevice::open(&ctx.sysfs, ctx.device)
+                .map(|d| Box::new(d) as Box<dyn HostDevice>)
+                .map_err(|e| {
+                    r.info("scenario-open-error", format!("{}: {e}", sc.name));
+                    open_errno(&e)
+                })
+        };
+        let trace = scenario::run_with(sc, &mut open, &options);
+        for line in &trace.lines {
+            r.trace(&sc.name, line);
+        }
+        r.info(
+            "scenario-end",
+            format!(
+                "{} steps={} ms={}",
+                sc.name,
+                trace.lines.len(),
+                t0.elapsed().as_millis()
+            ),
+        );
+    }
+    if let Err(e) = baseline(&sys) {
+        r.check("scenarios-baseline-after", false, e);
+    }
+    r.check(
+        "scenarios-baseline",
+        off_baseline.is_empty(),
+        format!(
+            "every scenario started closed, auto, d3cold_allowed=1, suspended (failed: {off_baseline:?}); all took {:.1?}",
+            started.elapsed()
+        ),
+    );
+}

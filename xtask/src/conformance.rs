@@ -1,0 +1,431 @@
+//! Model-vs-kernel conformance: the traces the guest's `scenarios` phase printed for one
+//! kernel × platform boot, compared scenario by scenario with the traces of the model
+//! (`vfio-pm-sim`) on the same platform and kernel version; and the conformance table
+//! (`docs/conformance.md`, written by `cargo xtask conformance`).
+//!
+//! A scenario agrees when the kernel's trace equals the model's. For a `timing-sensitive`
+//! scenario the kernel may equal any outcome the model allows when the asynchronous suspend
+//! wins the race after some of its `nosettle` steps ([`vfio_pm_sim::model_outcomes`]); which
+//! one it took is reported on the console, not in the table (it may change between boots).
+
+use crate::console::{Check, GuestReport, Record};
+use crate::harness::Platform;
+use crate::kernels::KernelSeries;
+use std::fmt::{self, Write as _};
+use vfio_pm_sim::scenario::{self, diff, Scenario, Trace};
+use vfio_pm_sim::KernelVersion;
+
+/// The model's kernel version for a harness kernel series.
+pub fn model_kernel(series: KernelSeries) -> KernelVersion {
+    match series {
+        KernelSeries::V6_1 => KernelVersion::V6_1,
+        KernelSeries::V6_12 => KernelVersion::V6_12,
+    }
+}
+
+/// The model's platform for a harness platform.
+pub fn model_platform(p: Platform) -> vfio_pm_sim::Platform {
+    match p {
+        Platform::D3Hot => vfio_pm_sim::Platform::D3hot,
+        Platform::D3Cold => vfio_pm_sim::Platform::D3cold,
+    }
+}
+
+/// How one scenario came out on one kernel × platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The kernel's trace equals a model outcome: `alternative` 0 is the default schedule,
+    /// others are race outcomes of a timing-sensitive scenario.
+    Agrees {
+        /// Which of the model's outcomes (see [`vfio_pm_sim::model_outcomes`]).
+        alternative: usize,
+        /// How many outcomes the model allows.
+        of: usize,
+    },
+    /// The kernel's trace differs from every model outcome; the side-by-side diff against
+    /// the default outcome.
+    Differs(String),
+    /// The guest did not finish the scenario, or its trace lines do not parse.
+    Incomplete(String),
+    /// The scenario does not apply to the platform.
+    NotApplicable,
+}
+
+impl Verdict {
+    /// The table cell: `agrees` / `differs` / `incomplete` / `n/a`.
+    pub fn cell(&self) -> &'static str {
+        match self {
+            Verdict::Agrees { .. } => "agrees",
+            Verdict::Differs(_) => "differs",
+            Verdict::Incomplete(_) => "incomplete",
+            Verdict::NotApplicable => "n/a",
+        }
+    }
+
+    /// True unless the kernel disagreed or the scenario did not complete.
+    pub fn ok(&self) -> bool {
+        matches!(self, Verdict::Agrees { .. } | Verdict::NotApplicable)
+    }
+}
+
+/// One scenario's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScenarioVerdict {
+    /// Scenario name.
+    pub scenario: String,
+    /// Whether it is marked `timing-sensitive`.
+    pub timing_sensitive: bool,
+    /// The verdict.
+    pub verdict: Verdict,
+}
+
+/// Every scenario's verdict on one kernel × platform.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunConformance {
+    /// Kernel series.
+    pub kernel: KernelSeries,
+    /// Platform.
+    pub platform: Platform,
+    /// One per embedded scenario, in name order.
+    pub scenarios: Vec<ScenarioVerdict>,
+}
+
+impl RunConformance {
+    /// Counts of (agrees, differs or incomplete, n/a).
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let n = |f: fn(&Verdict) -> bool| self.scenarios.iter().filter(|s| f(&s.verdict)).count();
+        (
+            n(|v| matches!(v, Verdict::Agrees { .. })),
+            n(|v| !v.ok()),
+            n(|v| matches!(v, Verdict::NotApplicable)),
+        )
+    }
+
+    /// One host check per applicable scenario (`host-scenario-<name>`), with the diff in
+    /// the detail of a mismatch.
+    pub fn host_checks(&self) -> Vec<Check> {
+        self.scenarios
+            .iter()
+            .filter(|s| s.verdict != Verdict::NotApplicable)
+            .map(|s| Check {
+                name: format!("host-scenario-{}", s.scenario),
+                passed: s.verdict.ok(),
+                detail: match &s.verdict {
+                    Verdict::Agrees { alternative: 0, .. } => "kernel trace = model trace".into(),
+                    Verdict::Agrees { alternative, of } => format!(
+                        "kernel trace = model race outcome {alternative} of {of} (timing-sensitive)"
+                    ),
+                    Verdict::Differs(d) => {
+                        format!("kernel differs from the model:\n{}", indent(d, "        "))
+                    }
+                    Verdict::Incomplete(why) => format!("incomplete: {why}"),
+                    Verdict::NotApplicable => String::new(),
+                },
+            })
+            .collect()
+    }
+}
+
+fn indent(text: &str, by: &str) -> String {
+    text.lines()
+        .map(|l| format!("{by}{l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Whether the guest printed the end marker of `scenario` (`INFO scenario-end <name> ...`).
+fn finished(report: &GuestReport, scenario: &str) -> bool {
+    report.records.iter().any(|r| match r {
+        Record::Info { key, value } if key == "scenario-end" => {
+            value.split_whitespace().next() == Some(scenario)
+        }
+        _ => false,
+    })
+}
+
+/// Judges one scenario against the kernel's trace lines.
+pub fn judge(
+    sc: &Scenario,
+    kernel: KernelSeries,
+    platform: Platform,
+    report: &GuestReport,
+) -> Verdict {
+    let mp = model_platform(platform);
+    if !sc.applies_to(mp) {
+        return Verdict::NotApplicable;
+    }
+    if !finished(report, &sc.name) {
+        return Verdict::Incomplete(format!(
+            "no end marker (`VFIOPM INFO scenario-end {}`): the guest did not run or finish it",
+            sc.name
+        ));
+    }
+    let got = match Trace::parse_lines(&sc.name, report.trace(&sc.name)) {
+        Ok(t) => t,
+        Err(e) => return Verdict::Incomplete(e.to_string()),
+    };
+    let outcomes = vfio_pm_sim::model_outcomes(sc, mp, model_kernel(kernel));
+    match outcomes.iter().position(|m| *m == got) {
+        Some(alternative) => Verdict::Agrees {
+            alternative,
+            of: outcomes.len(),
+        },
+        None => {
+            let mut d = match outcomes.first() {
+                Some(m) => diff(m, &got, "model", "kernel"),
+                None => format!("the model produced no trace\n{got}"),
+            };
+            if outcomes.len() > 1 {
+                let _ = write!(
+                    d,
+                    "(nor any of the model's {} race outcomes)",
+                    outcomes.len() - 1
+                );
+            }
+            Verdict::Differs(d)
+        }
+    }
+}
+
+/// Judges every embedded scenario for one boot. Err when the embedded scenarios do not parse.
+pub fn compare(
+    kernel: KernelSeries,
+    platform: Platform,
+    report: &GuestReport,
+) -> Result<RunConformance, scenario::ParseError> {
+    let scenarios = scenario::builtin()?
+        .iter()
+        .map(|sc| ScenarioVerdict {
+            scenario: sc.name.clone(),
+            timing_sensitive: sc.timing_sensitive,
+            verdict: judge(sc, kernel, platform, report),
+        })
+        .collect();
+    Ok(RunConformance {
+        kernel,
+        platform,
+        scenarios,
+    })
+}
+
+/// The conformance table: one column per kernel × platform, in the given order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Table<'a> {
+    /// The columns.
+    pub runs: &'a [RunConformance],
+}
+
+impl fmt::Display for Table<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "# Conformance: model (vfio-pm-sim) vs real kernels in QEMU"
+        )?;
+        writeln!(f)?;
+        writeln!(
+            f,
+            "Generated by `cargo xtask conformance` (the QEMU test regenerates it into \
+             `target/qemu/conformance.md` and fails when it differs from this file): do not edit."
+        )?;
+        writeln!(
+            f,
+            "Each scenario of `scenarios/` ran in the guest against Debian's kernel on the \
+             platform (d3hot: no firmware power resources; d3cold: the harness's SSDT), and its \
+             trace was compared with the model's trace for the same platform and kernel version."
+        )?;
+        writeln!(
+            f,
+            "`agrees`: equal traces; `differs`: not equal (the QEMU test fails); `n/a`: the \
+             scenario does not apply to the platform; `incomplete`: the guest did not finish it."
+        )?;
+        writeln!(
+            f,
+            "Scenarios marked * are timing-sensitive: the kernel's trace may equal any outcome \
+             the model allows when the asynchronous suspend wins the race after a `nosettle` \
+             step (`vfio_pm_sim::model_outcomes`)."
+        )?;
+        writeln!(f)?;
+        let mut header = String::from("| scenario |");
+        let mut rule = String::from("|---|");
+        for r in self.runs {
+            let _ = write!(header, " {} {} |", r.kernel, r.platform);
+            rule.push_str("---|");
+        }
+        writeln!(f, "{header}\n{rule}")?;
+        let names: Vec<(&str, bool)> = self
+            .runs
+            .first()
+            .map(|r| {
+                r.scenarios
+                    .iter()
+                    .map(|s| (s.scenario.as_str(), s.timing_sensitive))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (name, racy) in names {
+            let mut row = format!("| {name}{} |", if racy { " *" } else { "" });
+            for r in self.runs {
+                let cell = r
+                    .scenarios
+                    .iter()
+                    .find(|s| s.scenario == name)
+                    .map(|s| s.verdict.cell())
+                    .unwrap_or("missing");
+                let _ = write!(row, " {cell} |");
+            }
+            writeln!(f, "{row}")?;
+        }
+        let mut totals = String::from("| **agrees / differs / n/a** |");
+        for r in self.runs {
+            let (a, d, n) = r.counts();
+            let _ = write!(totals, " {a} / {d} / {n} |");
+        }
+        writeln!(f, "{totals}")
+    }
+}
+
+/// Renders the table for `runs`.
+pub fn table(runs: &[RunConformance]) -> String {
+    Table { runs }.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vfio_pm_sim::{model_outcomes, Platform as SimPlatform};
+
+    /// A console as the guest would print it for `traces` (scenario name, lines).
+    fn console(traces: &[(&str, Vec<String>)]) -> String {
+        let mut c = String::from("VFIOPM BEGIN scenarios\n");
+        for (name, lines) in traces {
+            for l in lines {
+                c += &format!("VFIOPM TRACE {name} {l}\n");
+            }
+            c += &format!(
+                "VFIOPM INFO scenario-end {name} steps={} ms=1\n",
+                lines.len()
+            );
+        }
+        c
+    }
+
+    fn model_lines(name: &str, p: SimPlatform, alt: usize) -> Vec<String> {
+        let sc = scenario::builtin()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap();
+        model_outcomes(&sc, p, KernelVersion::V6_1)[alt]
+            .lines
+            .iter()
+            .map(|l| l.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn equal_traces_agree_and_a_changed_line_differs_with_a_diff() {
+        let good = model_lines("10-entry-suspends", SimPlatform::D3hot, 0);
+        let mut bad = good.clone();
+        bad[1] = bad[1].replace("D3hot suspended", "D0 active");
+        let all = console(&[("10-entry-suspends", good), ("12-entry-exit", bad.clone())]);
+        let r = compare(
+            KernelSeries::V6_1,
+            Platform::D3Hot,
+            &GuestReport::parse(&all),
+        )
+        .unwrap();
+        let v = |n: &str| {
+            r.scenarios
+                .iter()
+                .find(|s| s.scenario == n)
+                .unwrap()
+                .verdict
+                .clone()
+        };
+        assert_eq!(
+            v("10-entry-suspends"),
+            Verdict::Agrees {
+                alternative: 0,
+                of: 1
+            }
+        );
+        match v("12-entry-exit") {
+            Verdict::Differs(d) => assert!(d.contains("model") && d.contains('!'), "{d}"),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(v("02-open-resumes"), Verdict::Incomplete(_)));
+        assert_eq!(v("32b-d3cold-disallowed"), Verdict::NotApplicable);
+        let (a, d, n) = r.counts();
+        assert_eq!((a, n), (1, 1));
+        assert_eq!(a + d + n, r.scenarios.len());
+        let checks = r.host_checks();
+        assert_eq!(checks.len(), r.scenarios.len() - 1);
+        assert!(checks
+            .iter()
+            .any(|c| c.name == "host-scenario-10-entry-suspends" && c.passed));
+        assert!(checks
+            .iter()
+            .any(|c| c.name == "host-scenario-12-entry-exit" && !c.passed));
+    }
+
+    #[test]
+    fn a_race_outcome_of_a_timing_sensitive_scenario_agrees() {
+        let name = "21-wakeup-exit-before-suspend";
+        let alt = model_lines(name, SimPlatform::D3cold, 1);
+        assert_ne!(alt, model_lines(name, SimPlatform::D3cold, 0));
+        let all = console(&[(name, alt)]);
+        let r = compare(
+            KernelSeries::V6_12,
+            Platform::D3Cold,
+            &GuestReport::parse(&all),
+        )
+        .unwrap();
+        let s = r.scenarios.iter().find(|s| s.scenario == name).unwrap();
+        assert!(s.timing_sensitive);
+        assert!(
+            matches!(s.verdict, Verdict::Agrees { alternative: 1, .. }),
+            "{:?}",
+            s.verdict
+        );
+    }
+
+    #[test]
+    fn garbled_trace_lines_are_incomplete_not_panics() {
+        let all = console(&[("10-entry-suspends", vec!["garbage".into()])]);
+        let r = compare(
+            KernelSeries::V6_1,
+            Platform::D3Hot,
+            &GuestReport::parse(&all),
+        )
+        .unwrap();
+        let s = r
+            .scenarios
+            .iter()
+            .find(|s| s.scenario == "10-entry-suspends")
+            .unwrap();
+        assert!(matches!(s.verdict, Verdict::Incomplete(_)));
+    }
+
+    #[test]
+    fn table_has_a_row_per_scenario_and_totals() {
+        let all = console(&[(
+            "10-entry-suspends",
+            model_lines("10-entry-suspends", SimPlatform::D3hot, 0),
+        )]);
+        let r = compare(
+            KernelSeries::V6_1,
+            Platform::D3Hot,
+            &GuestReport::parse(&all),
+        )
+        .unwrap();
+        let t = table(std::slice::from_ref(&r));
+        assert!(t.contains("| scenario | 6.1 d3hot |"));
+        assert!(t.contains("| 10-entry-suspends | agrees |"));
+        assert!(t.contains("| 21-wakeup-exit-before-suspend * | incomplete |"));
+        assert!(t.contains("| 32b-d3cold-disallowed | n/a |"));
+        assert_eq!(
+            t.lines().filter(|l| l.starts_with("| ")).count(),
+            r.scenarios.len() + 2
+        );
+    }
+}
