@@ -67,7 +67,7 @@ impl Default for Options {
             kernels: KernelSeries::ALL.to_vec(),
             platforms: Platform::ALL.to_vec(),
             with_cli: true,
-            phases: vec!["checks".into(), "scenarios".into()],
+            phases: vec!["checks".into(), "scenarios".into(), "cli".into()],
             timeout: Duration::from_secs(120),
         }
     }
@@ -97,33 +97,6 @@ fn host_check(name: &str, passed: bool, detail: String) -> Check {
         name: name.into(),
         passed,
         detail,
-    }
-}
-
-/// Judges the bytes `_ON`/`_OFF` wrote to the trap port.
-///
-/// D3cold: the kernel refcounts the power resource of its one device, so the log alternates
-/// strictly (`1010...`), and every settled suspend of the check sequence (at least five) turned
-/// it off once. D3hot: no power resource, nothing is written.
-pub fn trap_check(platform: Platform, trap: &[u8]) -> Check {
-    let text = String::from_utf8_lossy(trap).into_owned();
-    match platform {
-        Platform::D3Cold => {
-            let offs = trap.iter().filter(|b| **b == ssdt::TRAP_OFF).count();
-            let ons = trap.iter().filter(|b| **b == ssdt::TRAP_ON).count();
-            let only_known = offs + ons == trap.len();
-            let alternating = trap.windows(2).all(|w| w[0] != w[1]);
-            host_check(
-                "host-trap-power-resource-alternates",
-                only_known && alternating && offs >= 5,
-                format!("_OFF {offs}x, _ON {ons}x, alternating {alternating}: {text:?}"),
-            )
-        }
-        Platform::D3Hot => host_check(
-            "host-trap-silent",
-            trap.is_empty(),
-            format!("trap port got {text:?} (no power resource on this platform)"),
-        ),
     }
 }
 
@@ -176,7 +149,19 @@ impl RunResult {
             got == kernel.release,
             format!("guest runs {got}, want {}", kernel.release),
         ));
-        hc.push(trap_check(platform, &outcome.trap));
+        match ssdt::decoder() {
+            Ok(d) => hc.extend(crate::trap::checks(
+                platform,
+                &d,
+                guest::DEVICE,
+                &outcome.trap,
+                &outcome.trap_marks,
+                report
+                    .records
+                    .contains(&crate::console::Record::Begin("cli".into())),
+            )),
+            Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
+        }
         let conformance = report
             .records
             .contains(&crate::console::Record::Begin("scenarios".into()))
@@ -296,6 +281,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
     let binaries = guest::build(&bins)?;
     let work = crate::qemu_dir().join("work");
     std::fs::create_dir_all(&work)?;
+    let trap_port = ssdt::trap_port()?;
     let ssdt = if opts.platforms.contains(&Platform::D3Cold) {
         Some(ssdt::build(&work)?)
     } else {
@@ -327,6 +313,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
                 } else {
                     None
                 },
+                trap_port,
                 trap_log: dir.join("trap.log"),
                 timeout: opts.timeout,
             };
@@ -344,19 +331,4 @@ pub fn run(opts: &Options) -> Result<Summary> {
         }
     }
     Ok(summary)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trap_log_must_alternate_on_d3cold_and_be_empty_on_d3hot() {
-        assert!(trap_check(Platform::D3Cold, b"1010101010101").passed);
-        assert!(!trap_check(Platform::D3Cold, b"10101011010").passed);
-        assert!(!trap_check(Platform::D3Cold, b"1010").passed);
-        assert!(!trap_check(Platform::D3Cold, b"10101010x10").passed);
-        assert!(trap_check(Platform::D3Hot, b"").passed);
-        assert!(!trap_check(Platform::D3Hot, b"0").passed);
-    }
 }

@@ -5,10 +5,12 @@
 //! - [`deps`]: the host packages (QEMU, iasl, static busybox, cpio, xz), installed with apt-get.
 //! - [`kernels`]: the newest Debian kernels resolved by name, downloaded and cached.
 //! - [`guest`]: the static in-guest binaries and the initramfs.
-//! - [`ssdt`]: the ACPI table that gives the test device D3cold power resources.
+//! - [`ssdt`]: the ACPI table that gives the test device D3cold power resources (vfio-pm's own
+//!   generator) and the decoder of its trap port.
 //! - [`qemu`]: one boot with a hard timeout, console captured.
 //! - [`console`]: the parser of the guest's `VFIOPM ...` lines.
 //! - [`harness`]: the kernel × platform matrix and its summary.
+//! - [`trap`]: the host-side check of the trap bytes the guest's `_ON`/`_OFF` calls wrote.
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
 
 pub mod conformance;
@@ -19,6 +21,7 @@ pub mod harness;
 pub mod kernels;
 pub mod qemu;
 pub mod ssdt;
+pub mod trap;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,9 +37,17 @@ pub fn workspace_root() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
-/// `target/qemu` under the workspace root: every file the harness makes lives there.
+/// Environment variable that moves [`qemu_dir`] (engineers sharing one tree each set their own,
+/// so that concurrent runs do not overwrite each other's initramfs, SSDT and trap captures).
+pub const QEMU_DIR_ENV: &str = "VFIO_PM_QEMU_DIR";
+
+/// `target/qemu` under the workspace root, or `$VFIO_PM_QEMU_DIR`: every file the harness makes
+/// lives there.
 pub fn qemu_dir() -> PathBuf {
-    workspace_root().join("target").join("qemu")
+    match std::env::var_os(QEMU_DIR_ENV) {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => workspace_root().join("target").join("qemu"),
+    }
 }
 
 /// Runs a command, failing with its stderr when it exits non-zero; returns its stdout.

@@ -19,6 +19,8 @@ pub struct BootSpec {
     pub append: String,
     /// An extra ACPI table (`-acpitable file=`), if any.
     pub acpi_table: Option<PathBuf>,
+    /// The I/O port isa-debugcon listens on (the power resource's trap register).
+    pub trap_port: u16,
     /// Where isa-debugcon writes the bytes of the trap port.
     pub trap_log: PathBuf,
     /// Kill QEMU after this long.
@@ -40,7 +42,26 @@ pub struct BootOutcome {
     pub elapsed: Duration,
     /// The bytes written to the trap port.
     pub trap: Vec<u8>,
+    /// How many trap bytes there were when each `VFIOPM INFO trap-mark` line arrived.
+    pub trap_marks: Vec<TrapMark>,
 }
+
+/// The console line `VFIOPM INFO trap-mark <name>` that the guest prints around a window in which
+/// it holds the device in a known state, and the trap capture's length when the line arrived.
+///
+/// The guest prints the line after the state change it reports (so the trap bytes of that change
+/// are already in the file, which QEMU writes synchronously from the vCPU) and keeps the state
+/// for a while afterwards, so the host's read of the length cannot catch a later byte.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrapMark {
+    /// The mark's name (e.g. `begin`).
+    pub name: String,
+    /// Bytes in the trap capture at that moment.
+    pub trap_len: usize,
+}
+
+/// The console prefix of a trap mark.
+pub const TRAP_MARK: &str = "VFIOPM INFO trap-mark ";
 
 impl BootOutcome {
     /// The last `n` console lines, without control characters (escape sequences of the BIOS).
@@ -85,10 +106,7 @@ pub fn command(spec: &BootSpec) -> Command {
     .args(["-nographic", "-no-reboot"])
     .args([
         "-device".to_string(),
-        format!(
-            "isa-debugcon,iobase=0x{:x},chardev=dbg",
-            crate::ssdt::TRAP_PORT
-        ),
+        format!("isa-debugcon,iobase=0x{:x},chardev=dbg", spec.trap_port),
         "-chardev".to_string(),
         format!("file,id=dbg,path={}", spec.trap_log.display()),
     ]);
@@ -115,6 +133,41 @@ fn drain(
     })
 }
 
+/// Like [`drain`] for the console, noting the trap capture's length at each trap mark line.
+fn drain_console(
+    mut r: impl Read + Send + 'static,
+    into: Arc<Mutex<Vec<u8>>>,
+    trap_log: PathBuf,
+    marks: Arc<Mutex<Vec<TrapMark>>>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        let mut pending: Vec<u8> = Vec::new();
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            if let Ok(mut v) = into.lock() {
+                v.extend_from_slice(&buf[..n]);
+            }
+            pending.extend_from_slice(&buf[..n]);
+            while let Some(nl) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=nl).collect();
+                let line = String::from_utf8_lossy(&line);
+                if let Some(at) = line.find(TRAP_MARK) {
+                    let name = line[at + TRAP_MARK.len()..].trim().to_string();
+                    let trap_len = std::fs::metadata(&trap_log)
+                        .map(|m| m.len() as usize)
+                        .unwrap_or(0);
+                    if let Ok(mut m) = marks.lock() {
+                        m.push(TrapMark { name, trap_len });
+                    }
+                }
+            }
+        }
+    })
+}
+
 fn take(v: &Arc<Mutex<Vec<u8>>>) -> String {
     v.lock()
         .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -133,9 +186,15 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         .context("starting qemu-system-x86_64 (install qemu-system-x86: cargo xtask deps)")?;
     let out = Arc::new(Mutex::new(Vec::new()));
     let err = Arc::new(Mutex::new(Vec::new()));
+    let marks = Arc::new(Mutex::new(Vec::new()));
     let mut readers = Vec::new();
     if let Some(s) = child.stdout.take() {
-        readers.push(drain(s, out.clone()));
+        readers.push(drain_console(
+            s,
+            out.clone(),
+            spec.trap_log.clone(),
+            marks.clone(),
+        ));
     }
     if let Some(s) = child.stderr.take() {
         readers.push(drain(s, err.clone()));
@@ -162,6 +221,7 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
         status,
         elapsed: start.elapsed(),
         trap: std::fs::read(&spec.trap_log).unwrap_or_default(),
+        trap_marks: marks.lock().map(|m| m.clone()).unwrap_or_default(),
     })
 }
 

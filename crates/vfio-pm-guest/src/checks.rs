@@ -40,7 +40,7 @@ fn suspended(p: Platform) -> PowerObservation {
 /// One observation that two reads in a row agree on: `power_state` and `runtime_status` are
 /// separate files, and a transition between the two reads gives a mix of old and new (seen on
 /// 6.1: `D0 suspended` just before `D3hot suspended`).
-fn observe_stable(dev: &SysfsDevice) -> Result<PowerObservation, String> {
+pub(crate) fn observe_stable(dev: &SysfsDevice) -> Result<PowerObservation, String> {
     let mut last = dev.observe().map_err(|e| e.to_string())?;
     for _ in 0..50 {
         let now = dev.observe().map_err(|e| e.to_string())?;
@@ -55,7 +55,7 @@ fn observe_stable(dev: &SysfsDevice) -> Result<PowerObservation, String> {
 
 /// Polls sysfs until the device is runtime-suspended (stably) or `limit` passes; returns the
 /// last observation and how long it took.
-fn wait_suspended(
+pub(crate) fn wait_suspended(
     dev: &SysfsDevice,
     limit: Duration,
 ) -> (Result<PowerObservation, String>, Duration) {
@@ -75,7 +75,7 @@ fn wait_suspended(
 
 /// Observes the device repeatedly for `hold`; returns the first observation that differs from
 /// the first one, or the first one if it held.
-fn observe_held(dev: &SysfsDevice, hold: Duration) -> Result<PowerObservation, String> {
+pub(crate) fn observe_held(dev: &SysfsDevice, hold: Duration) -> Result<PowerObservation, String> {
     let first = observe_stable(dev)?;
     let start = Instant::now();
     while start.elapsed() < hold {

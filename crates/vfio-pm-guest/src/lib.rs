@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod checks;
+pub mod cli;
 pub mod context;
 pub mod report;
 pub mod scenarios;
@@ -23,7 +24,11 @@ use report::Reporter;
 pub type Phase = (&'static str, fn(&Ctx, &mut Reporter));
 
 /// Every phase this program knows, in the order documentation lists them.
-pub const PHASES: &[Phase] = &[("checks", checks::run), ("scenarios", scenarios::run)];
+pub const PHASES: &[Phase] = &[
+    ("checks", checks::run),
+    ("scenarios", scenarios::run),
+    ("cli", cli::run),
+];
 
 /// Runs the phases selected by `args` and the kernel command line, prints the results and
 /// returns the exit status (0 when every check passed).
