@@ -1,6 +1,7 @@
 //! `vfio-pm`: runtime power management for VFIO passthrough devices, from the command line.
 
 mod aml_cmd;
+mod demo;
 mod direct;
 mod doctor_cmd;
 mod exporter;
@@ -116,6 +117,8 @@ enum Command {
     Exporter(exporter::ExporterArgs),
     /// Write the SSDT (virtual ACPI power resources, _PR0/_PR3, wake GPE) for a VMM configuration.
     Aml(aml_cmd::AmlArgs),
+    /// Run the whole chain (guest _OFF trap, host D3cold, host wake, PME, _ON) on a simulated host and guest.
+    Demo(demo::DemoArgs),
 }
 
 fn main() -> ExitCode {
@@ -145,6 +148,7 @@ fn main() -> ExitCode {
         Command::Watch(args) => watch::run(&sysfs, args),
         Command::Exporter(args) => exporter::run(&sysfs, args),
         Command::Aml(args) => aml_cmd::run(args),
+        Command::Demo(args) => demo::run(args),
     };
     match result {
         Ok(code) => code,

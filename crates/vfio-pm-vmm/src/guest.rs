@@ -301,24 +301,36 @@ impl SimulatedGuest {
         vpm: &mut VmmPowerManager,
     ) -> Result<Vec<WakeHandled>, GuestError> {
         let mut out = Vec::new();
-        for route in self.inbox.take() {
-            let device = self
-                .devices
-                .iter()
-                .position(|d| d.route == route)
-                .and_then(|i| DeviceSlot::new(i as u8));
-            let resumed = match device {
-                Some(s) if self.power(s) == Some(GuestPower::D3Cold) => {
-                    Some(self.runtime_resume(vpm, s, Reason::Wake)?)
-                }
-                _ => None,
-            };
-            out.push(WakeHandled {
-                route,
-                device: device.map(DeviceSlot::index),
-                resumed,
-            });
+        while let Some(h) = self.handle_next_wake(vpm)? {
+            out.push(h);
         }
         Ok(out)
+    }
+
+    /// Like [`SimulatedGuest::handle_wakes`], for the oldest pending notification only
+    /// (`None`: nothing pending).
+    pub fn handle_next_wake(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+    ) -> Result<Option<WakeHandled>, GuestError> {
+        let Some(route) = self.inbox.lock().pop_front() else {
+            return Ok(None);
+        };
+        let device = self
+            .devices
+            .iter()
+            .position(|d| d.route == route)
+            .and_then(|i| DeviceSlot::new(i as u8));
+        let resumed = match device {
+            Some(s) if self.power(s) == Some(GuestPower::D3Cold) => {
+                Some(self.runtime_resume(vpm, s, Reason::Wake)?)
+            }
+            _ => None,
+        };
+        Ok(Some(WakeHandled {
+            route,
+            device: device.map(DeviceSlot::index),
+            resumed,
+        }))
     }
 }
