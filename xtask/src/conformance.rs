@@ -289,6 +289,71 @@ pub fn table(runs: &[RunConformance]) -> String {
     Table { runs }.to_string()
 }
 
+/// The committed table, `docs/conformance.md`.
+pub fn doc_path() -> std::path::PathBuf {
+    crate::workspace_root().join("docs").join("conformance.md")
+}
+
+/// Where the QEMU test writes the table it produced (`target/qemu/conformance.md`).
+pub fn generated_path() -> std::path::PathBuf {
+    crate::qemu_dir().join("conformance.md")
+}
+
+/// The verdicts of every run of `summary` that ran the `scenarios` phase, in run order.
+pub fn runs(summary: &crate::Summary) -> Vec<RunConformance> {
+    summary
+        .runs
+        .iter()
+        .filter_map(|r| r.conformance.clone())
+        .collect()
+}
+
+/// One line per run: agree / differ / n/a counts, the guest's time for the phase, and which
+/// race outcome each timing-sensitive scenario took.
+pub fn report(summary: &crate::Summary) -> String {
+    let mut out = String::new();
+    for r in &summary.runs {
+        let Some(c) = &r.conformance else {
+            let _ = writeln!(
+                out,
+                "  {} {}: no scenarios phase",
+                r.kernel.release, r.platform
+            );
+            continue;
+        };
+        let (a, d, n) = c.counts();
+        let took = r
+            .report
+            .checks()
+            .find(|c| c.name == "scenarios-baseline")
+            .and_then(|c| c.detail.rsplit("all took ").next())
+            .unwrap_or("?");
+        let races: Vec<String> = c
+            .scenarios
+            .iter()
+            .filter_map(|s| match s.verdict {
+                Verdict::Agrees { alternative, of } if s.timing_sensitive => {
+                    Some(format!("{} outcome {alternative}/{of}", s.scenario))
+                }
+                _ => None,
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {} {} (model {}): {a} agree, {d} differ, {n} n/a; scenarios took {took}; races: {}",
+            r.kernel.release,
+            r.platform,
+            model_kernel(c.kernel),
+            if races.is_empty() {
+                "-".to_string()
+            } else {
+                races.join(", ")
+            }
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

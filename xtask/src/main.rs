@@ -11,6 +11,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--no-cli]
        [--phases checks,...] [--timeout SECS]
                                run vfio-pm against the real kernels in QEMU
+  conformance [--kernel ...] [--platform ...]
+                               run the scenarios in QEMU, compare with the model and
+                               write docs/conformance.md (full matrix only; otherwise
+                               target/qemu/conformance.md); exit 1 on any difference
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
                                (includes the QEMU test;
                                VFIO_PM_SKIP_QEMU=1 skips it loudly)";
@@ -98,6 +102,28 @@ fn main() -> Result<()> {
         "qemu" => {
             let summary = xtask::run(&opts)?;
             println!("{summary}");
+            if !summary.all_passed() {
+                std::process::exit(1);
+            }
+        }
+        "conformance" => {
+            let opts = Options {
+                phases: vec!["scenarios".into()],
+                with_cli: false,
+                ..opts
+            };
+            let full = opts.kernels.len() * opts.platforms.len() == 4;
+            let summary = xtask::run(&opts)?;
+            println!("{summary}");
+            print!("{}", xtask::conformance::report(&summary));
+            let table = xtask::conformance::table(&xtask::conformance::runs(&summary));
+            let path = if full {
+                xtask::conformance::doc_path()
+            } else {
+                xtask::conformance::generated_path()
+            };
+            std::fs::write(&path, table).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
             if !summary.all_passed() {
                 std::process::exit(1);
             }

@@ -32,7 +32,11 @@ fn vfio_pm_on_real_kernels_in_qemu() {
              on a machine that cannot run it)"
         ),
     };
-    loud(&format!("{summary}\n(total {:.1?})", start.elapsed()));
+    loud(&format!(
+        "{summary}\nmodel vs kernel:\n{}(total {:.1?})",
+        xtask::conformance::report(&summary),
+        start.elapsed()
+    ));
     assert_eq!(summary.runs.len(), 4, "{summary}");
     assert!(
         summary.all_passed(),
@@ -48,4 +52,32 @@ fn vfio_pm_on_real_kernels_in_qemu() {
             r.platform
         );
     }
+    // Model vs kernel: every scenario ran on every run and agreed (a difference already
+    // failed `all_passed` through its host check, with the side-by-side diff), and the
+    // committed table is the one this run produces.
+    let conf = xtask::conformance::runs(&summary);
+    assert_eq!(
+        conf.len(),
+        4,
+        "a run did not report the scenarios phase\n{summary}"
+    );
+    for c in &conf {
+        let (agree, differ, _) = c.counts();
+        assert!(
+            differ == 0 && agree >= 45,
+            "{} {}: {agree} scenarios agree, {differ} differ or are incomplete\n{summary}",
+            c.kernel,
+            c.platform
+        );
+    }
+    let table = xtask::conformance::table(&conf);
+    let generated = xtask::conformance::generated_path();
+    let _ = std::fs::write(&generated, &table);
+    let committed = std::fs::read_to_string(xtask::conformance::doc_path()).unwrap_or_default();
+    assert!(
+        committed == table,
+        "docs/conformance.md differs from the table this run produced ({}): run \
+         `cargo xtask conformance` and commit it",
+        generated.display()
+    );
 }

@@ -274,3 +274,61 @@ fn an_open_failure_is_recorded() {
     let results: Vec<&str> = t.lines.iter().map(|l| l.result.as_str()).collect();
     assert_eq!(results, ["ok", "EBUSY", "ok"], "{t}");
 }
+
+/// The outcomes (`TraceLine::outcome`) of every model schedule of a scenario.
+fn outcomes(name: &str, platform: Platform) -> Vec<Vec<String>> {
+    vfio_pm_sim::model_outcomes(&load(name), platform, vfio_pm_sim::KernelVersion::V6_12)
+        .iter()
+        .map(|t| t.lines.iter().map(|l| l.outcome()).collect())
+        .collect()
+}
+
+#[test]
+fn race_outcomes_include_what_qemu_kernels_did() {
+    for p in Platform::ALL {
+        // 21: the reference's outcome (EXIT before the suspend: no signal) is the default;
+        // 6.1 and 6.12 in QEMU always let the suspend win, so EXIT's own resume signalled.
+        let o21 = outcomes("21-wakeup-exit-before-suspend", p);
+        assert_eq!(
+            o21,
+            [
+                vec![
+                    "ok A=0 | D0 active",
+                    "ok A=0 | unsettled",
+                    "ok A=0 | D0 active"
+                ],
+                vec![
+                    "ok A=0 | D0 active",
+                    "ok A=0 | unsettled",
+                    "ok A=1 | D0 active"
+                ],
+            ],
+            "{p}"
+        );
+        // 26: the second WITH_WAKEUP is EINVAL only when it beats the suspend; QEMU kernels
+        // suspended first both times: A woken by the second arm, B by EXIT.
+        let o26 = outcomes("26-wakeup-twice-before-suspend", p);
+        assert_eq!(
+            o26[0],
+            [
+                "ok A=0 B=0 | D0 active",
+                "ok A=0 B=0 | unsettled",
+                "EINVAL A=0 B=0 | unsettled",
+                "ok A=0 B=0 | D0 active"
+            ],
+            "{p}"
+        );
+        assert!(o26.contains(&vec![
+            "ok A=0 B=0 | D0 active".to_string(),
+            "ok A=0 B=0 | unsettled".to_string(),
+            "ok A=1 B=0 | unsettled".to_string(),
+            "ok A=0 B=1 | D0 active".to_string(),
+        ]));
+        assert_eq!(o26.len(), 4, "{p}: {o26:?}");
+    }
+    // Scenarios that are not timing-sensitive have exactly one outcome.
+    assert_eq!(
+        outcomes("18-wakeup-ioctl-signals", Platform::D3cold).len(),
+        1
+    );
+}
