@@ -52,6 +52,41 @@ fn vfio_pm_on_real_kernels_in_qemu() {
             r.platform
         );
     }
+    for r in &summary.runs {
+        // The CLI phase ran in full on every run, and on d3cold the trap oracle judged the
+        // bytes the guest's calls of vfio-pm's generated _ON/_OFF wrote.
+        let cli = r
+            .report
+            .checks()
+            .filter(|c| c.name.starts_with("cli-"))
+            .count();
+        assert!(
+            cli >= 25,
+            "{} {}: only {cli} cli checks\n{summary}",
+            r.kernel.release,
+            r.platform
+        );
+        if r.platform == xtask::Platform::D3Cold {
+            for name in [
+                "host-trap-decodes",
+                "host-trap-slot0-is-the-device",
+                "host-trap-alternates",
+                "host-trap-off-while-guest-d3cold",
+            ] {
+                let c = r.host_checks.iter().find(|c| c.name == name);
+                assert!(
+                    c.is_some_and(|c| c.passed),
+                    "{} d3cold: {name} missing or failed: {c:?}\n{summary}",
+                    r.kernel.release
+                );
+                loud(&format!(
+                    "{} d3cold trap: {}",
+                    r.kernel.release,
+                    c.map_or("", |c| c.detail.as_str())
+                ));
+            }
+        }
+    }
     // Model vs kernel: every scenario ran on every run and agreed (a difference already
     // failed `all_passed` through its host check, with the side-by-side diff), and the
     // committed table is the one this run produces.
