@@ -2,7 +2,6 @@
 
 use serde_json::Value;
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
 
 fn demo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vfio-pm"))
@@ -42,13 +41,7 @@ fn device_line(line: &str, dev: &str, kind: &str) -> bool {
 
 #[test]
 fn timeline_shows_the_chain_in_order() {
-    let t0 = Instant::now();
     let out = text(&[]);
-    assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        t0.elapsed()
-    );
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[0].starts_with("vfio-pm demo:"));
     assert!(
