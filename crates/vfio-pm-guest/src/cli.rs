@@ -278,6 +278,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     hold(ctx, r, &sys);
     hold_wakeup(ctx, r, &sys);
     hold_sigint(ctx, r, &sys);
+    hold_early_sigint(ctx, r, &sys);
     doctor(ctx, r, &sys);
     doctor_while_held(ctx, r, &sys);
     status(ctx, r, &sys);
@@ -687,6 +688,63 @@ fn hold_sigint(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
         ),
     );
     back_to_unused(ctx, r, sys, "cli-hold-sigint-back-suspended");
+}
+
+/// True once `pid` blocks SIGINT (`SigBlk` in `/proc/PID/status` has bit 1 set).
+fn blocks_sigint(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("SigBlk:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .is_some_and(|m| m & (1 << (libc::SIGINT - 1)) != 0)
+}
+
+/// SIGINT as soon as `hold` blocks it, i.e. while it is still opening the device: the signal must
+/// stay pending and end the hold cleanly (entered, exited, exit 0), not kill the process.
+fn hold_early_sigint(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
+    let bdf = ctx.device.to_string();
+    let s = match Streaming::spawn(&["hold", &bdf, "--json"]) {
+        Ok(s) => s,
+        Err(e) => {
+            r.check("cli-hold-early-sigint", false, e);
+            return;
+        }
+    };
+    let pid = s.child.id();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !blocks_sigint(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    let blocked_after = s.start.elapsed();
+    let mut bad = Vec::new();
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    if unsafe { libc::kill(pid as libc::pid_t, libc::SIGINT) } != 0 {
+        bad.push(format!("kill SIGINT: {}", std::io::Error::last_os_error()));
+    }
+    let (run, events, garbage) = s.finish(Duration::from_secs(10));
+    if run.code != Some(0) || !garbage.is_empty() {
+        bad.push(format!("{} {garbage:?}", run.summary()));
+    }
+    if events.first().map(event) != Some("entered") {
+        bad.push(format!("first line {:?}", events.first()));
+    }
+    match events.last() {
+        Some(e) if event(e) == "exited" && observation(e, "/state") == Some(d0_active()) => {}
+        other => bad.push(format!("last line {other:?}, want exited in D0 active")),
+    }
+    r.check(
+        "cli-hold-early-sigint-clean-exit",
+        bad.is_empty(),
+        format!(
+            "SIGINT {blocked_after:.2?} after start (signals blocked); [{}] {}",
+            hold_events(&events),
+            bad.join("; ")
+        ),
+    );
+    back_to_unused(ctx, r, sys, "cli-hold-early-sigint-back-suspended");
 }
 
 fn doctor_check<'a>(v: &'a Value, id: &str) -> Option<&'a Value> {
