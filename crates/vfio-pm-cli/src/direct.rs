@@ -300,6 +300,61 @@ fn emit(json: bool, e: &HoldEvent) {
     }
 }
 
+/// The last observed state, how long it has lasted, and the suspended total.
+struct StateLog {
+    last: PowerObservation,
+    since: Instant,
+    suspended_for: Duration,
+}
+
+impl StateLog {
+    fn start(first: PowerObservation, json: bool, t_ms: f64) -> Self {
+        emit(
+            json,
+            &HoldEvent::State {
+                t_ms,
+                state: first.clone(),
+                previous_for_ms: 0.0,
+            },
+        );
+        Self {
+            last: first,
+            since: Instant::now(),
+            suspended_for: Duration::ZERO,
+        }
+    }
+
+    /// Prints a line when `now` differs from the last state.
+    fn update(&mut self, now: PowerObservation, json: bool, t_ms: f64) {
+        if now == self.last {
+            return;
+        }
+        if self.last.runtime_status == RuntimeStatus::Suspended {
+            self.suspended_for += self.since.elapsed();
+        }
+        emit(
+            json,
+            &HoldEvent::State {
+                t_ms,
+                state: now.clone(),
+                previous_for_ms: ms(self.since.elapsed()),
+            },
+        );
+        self.last = now;
+        self.since = Instant::now();
+    }
+
+    /// Total time seen suspended, including the current stretch.
+    fn finish(self) -> Duration {
+        let current = if self.last.runtime_status == RuntimeStatus::Suspended {
+            self.since.elapsed()
+        } else {
+            Duration::ZERO
+        };
+        self.suspended_for + current
+    }
+}
+
 pub fn hold(
     sysfs: &Sysfs,
     bdf: PciAddress,
@@ -331,18 +386,8 @@ pub fn hold(
     arm()?;
     let variant = if wakeup { "entry_with_wakeup" } else { "entry" };
     emit(json, &HoldEvent::Entered { t_ms: t(), variant });
-    let mut last = dev.observe()?;
-    let mut since = Instant::now();
-    let mut suspended_for = Duration::ZERO;
+    let mut log = StateLog::start(dev.observe()?, json, t());
     let mut wakes = 0u64;
-    emit(
-        json,
-        &HoldEvent::State {
-            t_ms: t(),
-            state: last.clone(),
-            previous_for_ms: 0.0,
-        },
-    );
     loop {
         if duration.is_some_and(|d| start.elapsed() >= d) {
             break;
@@ -369,6 +414,8 @@ pub fn hold(
         let count = take_count(&efd);
         if count > 0 {
             wakes += count;
+            // Show the wake's D0 before re-arming: sampling alone would miss it.
+            log.update(dev.observe()?, json, t());
             // The kernel left low power when it signalled (one-shot); ask again.
             let rearmed = arm().is_ok();
             emit(
@@ -380,26 +427,9 @@ pub fn hold(
                 },
             );
         }
-        let now = dev.observe()?;
-        if now != last {
-            if last.runtime_status == RuntimeStatus::Suspended {
-                suspended_for += since.elapsed();
-            }
-            emit(
-                json,
-                &HoldEvent::State {
-                    t_ms: t(),
-                    state: now.clone(),
-                    previous_for_ms: ms(since.elapsed()),
-                },
-            );
-            last = now;
-            since = Instant::now();
-        }
+        log.update(dev.observe()?, json, t());
     }
-    if last.runtime_status == RuntimeStatus::Suspended {
-        suspended_for += since.elapsed();
-    }
+    let suspended_for = log.finish();
     dev.exit_low_power()?;
     // EXIT on a suspended, armed device signals the eventfd itself: that is our own doing.
     let _ = take_count(&efd);

@@ -19,7 +19,7 @@ pub enum OpenError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     /// Bound to another driver, or to none.
-    #[error("{address} is bound to {driver}, not vfio-pci (bind it: echo vfio-pci > .../driver_override; echo {address} > /sys/bus/pci/drivers_probe)")]
+    #[error("{address} is {}, not vfio-pci (bind it: echo vfio-pci > .../driver_override; echo {address} > /sys/bus/pci/drivers_probe)", bound_to(.driver))]
     NotVfio {
         /// The device.
         address: PciAddress,
@@ -69,6 +69,13 @@ pub enum OpenError {
         #[source]
         source: VfioError,
     },
+}
+
+fn bound_to(driver: &str) -> String {
+    match driver {
+        "none" => "not bound to any driver".into(),
+        d => format!("bound to {d}"),
+    }
 }
 
 /// An open vfio-pci device: the device fd plus its sysfs directory.
