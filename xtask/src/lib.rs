@@ -21,6 +21,7 @@ pub mod harness;
 pub mod kernels;
 pub mod qemu;
 pub mod ssdt;
+pub mod tour;
 pub mod trap;
 
 use std::path::{Path, PathBuf};

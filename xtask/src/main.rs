@@ -11,6 +11,8 @@ const USAGE: &str = "usage: cargo xtask <command>
   qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--no-cli]
        [--phases checks,...] [--timeout SECS]
                                run vfio-pm against the real kernels in QEMU
+  tour                         write docs/cli.md from real output of the CLI in the
+                               newest kernel on the D3cold platform
   conformance [--kernel ...] [--platform ...]
                                run the scenarios in QEMU, compare with the model and
                                write docs/conformance.md (full matrix only; otherwise
@@ -127,6 +129,26 @@ fn main() -> Result<()> {
             if !summary.all_passed() {
                 std::process::exit(1);
             }
+        }
+        "tour" => {
+            // Real output for docs/cli.md: the newest kernel on the D3cold platform.
+            let opts = Options {
+                phases: vec!["tour".into()],
+                with_cli: true,
+                kernels: vec![KernelSeries::ALL[KernelSeries::ALL.len() - 1]],
+                platforms: vec![Platform::D3Cold],
+                ..opts
+            };
+            let summary = xtask::run(&opts)?;
+            println!("{summary}");
+            anyhow::ensure!(
+                summary.all_passed(),
+                "the tour's commands did not all succeed"
+            );
+            let path = xtask::workspace_root().join("docs/cli.md");
+            let doc = xtask::tour::document(&summary)?;
+            std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
         }
         "-h" | "--help" | "help" => println!("{USAGE}"),
         other => bail!("unknown command {other:?}\n{USAGE}"),

@@ -273,6 +273,11 @@ fn emit(json: bool, e: &HoldEvent) {
             t_ms,
             state,
             previous_for_ms,
+        } if *previous_for_ms == 0.0 => println!("{:>9.1}s  {state}", t_ms / 1e3),
+        HoldEvent::State {
+            t_ms,
+            state,
+            previous_for_ms,
         } => println!(
             "{:>9.1}s  {state}  (previous state lasted {})",
             t_ms / 1e3,

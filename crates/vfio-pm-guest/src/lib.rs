@@ -16,6 +16,7 @@ pub mod cli;
 pub mod context;
 pub mod report;
 pub mod scenarios;
+pub mod tour;
 
 use context::Ctx;
 use report::Reporter;
@@ -28,6 +29,7 @@ pub const PHASES: &[Phase] = &[
     ("checks", checks::run),
     ("scenarios", scenarios::run),
     ("cli", cli::run),
+    ("tour", tour::run),
 ];
 
 /// Runs the phases selected by `args` and the kernel command line, prints the results and

@@ -176,15 +176,24 @@ impl ResidencyTracker {
         transition
     }
 
-    /// Records a settled runtime status; true when it completes a wake.
+    /// Records a runtime status; true when it starts a wake.
+    ///
+    /// A wake counts from the moment the resume is seen (`resuming` or `active` after
+    /// `suspended`): a short wake sampled only as `suspended → resuming → suspended` is still a
+    /// wake. `suspending` changes nothing until it settles.
     fn settle(&mut self, status: &RuntimeStatus) -> bool {
-        if status.is_transient() {
-            return false;
+        match status {
+            RuntimeStatus::Suspending => false,
+            RuntimeStatus::Resuming | RuntimeStatus::Active => {
+                let wake = self.settled == Some(RuntimeStatus::Suspended);
+                self.settled = Some(RuntimeStatus::Active);
+                wake
+            }
+            other => {
+                self.settled = Some(other.clone());
+                false
+            }
         }
-        let wake =
-            *status == RuntimeStatus::Active && self.settled == Some(RuntimeStatus::Suspended);
-        self.settled = Some(status.clone());
-        wake
     }
 
     fn attribute(&mut self, dt: Duration, prev: &Sample, now: &Sample) {
@@ -211,8 +220,13 @@ impl ResidencyTracker {
             Some(s) => *self.observed.bucket(s) += suspended,
             None => self.observed.d3_unattributed += suspended,
         }
-        let suspended_both = prev.observation.runtime_status == RuntimeStatus::Suspended
-            && now.observation.runtime_status == RuntimeStatus::Suspended;
+        let asleep = |s: &Sample| {
+            matches!(
+                s.observation.runtime_status,
+                RuntimeStatus::Suspended | RuntimeStatus::Suspending
+            )
+        };
+        let suspended_both = asleep(prev) && asleep(now);
         let active_both = prev.observation.runtime_status == RuntimeStatus::Active
             && now.observation.runtime_status == RuntimeStatus::Active;
         // Awake time between two suspended samples, or suspended time between two active ones:
@@ -398,6 +412,21 @@ mod tests {
     }
 
     #[test]
+    fn a_wake_seen_only_as_resuming_counts_once() {
+        // Seen in QEMU: a host config read sampled as suspended -> resuming -> suspended.
+        let mut tr = ResidencyTracker::new();
+        tr.observe(t(0), &s("D3cold", "suspended", 100, 1000));
+        let x = tr
+            .observe(t(650), &s("D3cold", "resuming", 100, 1650))
+            .unwrap();
+        assert!(x.wake);
+        tr.observe(t(700), &s("D3cold", "suspended", 126, 1674));
+        tr.observe(t(2000), &s("D3cold", "suspended", 126, 2974));
+        assert_eq!(tr.wakes(), 1);
+        assert_eq!(tr.missed_wakes(), 0);
+    }
+
+    #[test]
     fn counts_transitions_and_wakes_with_time_in_previous_state() {
         let mut tr = ResidencyTracker::new();
         assert_eq!(tr.observe(t(0), &s("D0", "active", 100, 0)), None);
@@ -413,10 +442,10 @@ mod tests {
         let x = tr
             .observe(t(3000), &s("D0", "resuming", 1100, 2000))
             .unwrap();
-        assert!(!x.wake, "resuming is not yet awake");
+        assert!(x.wake, "the resume is the wake");
         assert_eq!(x.previous_for, t(2000));
         let x = tr.observe(t(3500), &s("D0", "active", 1600, 2000)).unwrap();
-        assert!(x.wake);
+        assert!(!x.wake, "the same wake, completed");
         assert_eq!(tr.transitions(), 3);
         assert_eq!(tr.wakes(), 1);
         assert_eq!(tr.missed_wakes(), 0);
