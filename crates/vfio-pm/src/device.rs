@@ -178,3 +178,62 @@ impl AsFd for VfioPciDevice {
         unsafe { BorrowedFd::borrow_raw(self.device.as_raw_fd()) }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake_sysfs::{FakeDevice, FakeSysfs};
+
+    fn tree() -> (tempfile::TempDir, Sysfs) {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = FakeSysfs::create(tmp.path().join("sys")).unwrap();
+        fake.add(&FakeDevice::vfio("0000:00:05.0".parse().unwrap()))
+            .unwrap();
+        let mut nic = FakeDevice::vfio("0000:00:06.0".parse().unwrap());
+        nic.driver = None;
+        fake.add(&nic).unwrap();
+        let mut no_group = FakeDevice::vfio("0000:00:07.0".parse().unwrap());
+        no_group.iommu_group = None;
+        fake.add(&no_group).unwrap();
+        let sysfs = Sysfs::new(tmp.path().join("sys"));
+        (tmp, sysfs)
+    }
+
+    #[test]
+    fn open_errors_name_the_problem_and_the_fix() {
+        let (tmp, sysfs) = tree();
+        let dev_vfio = tmp.path().join("dev-vfio");
+        let dev_vfio = dev_vfio.to_str().unwrap();
+        let open = |a: &str| VfioPciDevice::open_with_dev(&sysfs, a.parse().unwrap(), dev_vfio);
+
+        let e = open("0000:00:09.0").unwrap_err();
+        assert!(
+            matches!(e, OpenError::Sysfs(SysfsError::NoSuchDevice { .. })),
+            "{e}"
+        );
+
+        let e = open("0000:00:06.0").unwrap_err();
+        assert!(matches!(e, OpenError::NotVfio { .. }), "{e}");
+        assert!(e.to_string().contains("not bound to any driver"), "{e}");
+        assert!(e.to_string().contains("driver_override"), "{e}");
+
+        let e = open("0000:00:07.0").unwrap_err();
+        assert!(matches!(e, OpenError::NoIommuGroup { .. }), "{e}");
+        assert!(e.to_string().contains("intel_iommu=on"), "{e}");
+
+        // Bound and grouped, but /dev/vfio does not exist (vfio module not loaded).
+        let e = open("0000:00:05.0").unwrap_err();
+        match &e {
+            OpenError::NoDevVfio { path } => assert!(path.ends_with("vfio"), "{e}"),
+            other => panic!("expected NoDevVfio, got {other}"),
+        }
+        // The container exists, the group node does not.
+        std::fs::create_dir_all(tmp.path().join("dev-vfio")).unwrap();
+        std::fs::write(tmp.path().join("dev-vfio/vfio"), "").unwrap();
+        let e = open("0000:00:05.0").unwrap_err();
+        match &e {
+            OpenError::NoDevVfio { path } => assert!(path.ends_with("5"), "{e}"),
+            other => panic!("expected NoDevVfio for the group node, got {other}"),
+        }
+    }
+}
