@@ -730,6 +730,25 @@ impl Controller {
         self.enter(slot)
     }
 
+    /// Bookkeeping after the host accepted an entry.
+    fn entered(
+        &mut self,
+        slot: Slot,
+        variant: LowPowerVariant,
+        now: u64,
+    ) -> Result<RequestOutcome, ControllerError> {
+        let e = self.entry_mut(slot)?;
+        e.stats.entries += 1;
+        e.last_transition_ns = Some(now);
+        let to = if variant == LowPowerVariant::EntryWithWakeup {
+            HostPower::Armed
+        } else {
+            HostPower::LowPower
+        };
+        self.set_power(slot, to);
+        Ok(RequestOutcome::Entered(variant))
+    }
+
     fn enter(&mut self, slot: Slot) -> Result<RequestOutcome, ControllerError> {
         let now = self.clock.now_ns();
         let e = self.entry_mut(slot)?;
@@ -766,18 +785,7 @@ impl Controller {
             result.as_ref().map(|_| ()).map_err(|e| e.errno()),
         );
         match result {
-            Ok(()) => {
-                let e = self.entry_mut(slot)?;
-                e.stats.entries += 1;
-                e.last_transition_ns = Some(now);
-                let to = if variant == LowPowerVariant::EntryWithWakeup {
-                    HostPower::Armed
-                } else {
-                    HostPower::LowPower
-                };
-                self.set_power(slot, to);
-                Ok(RequestOutcome::Entered(variant))
-            }
+            Ok(()) => self.entered(slot, variant, now),
             Err(FeatureError::Unsupported { .. }) => {
                 let writes = self.entry_mut(slot)?.settings.host_pm_cap.is_some();
                 self.entry_mut(slot)?.variant = LowPowerVariant::D3HotFallback;
@@ -806,18 +814,7 @@ impl Controller {
                 };
                 self.host_call(slot, call, retry.as_ref().map_err(|e| e.errno()).copied());
                 match retry {
-                    Ok(()) => {
-                        let e = self.entry_mut(slot)?;
-                        e.stats.entries += 1;
-                        e.last_transition_ns = Some(now);
-                        let to = if variant == LowPowerVariant::EntryWithWakeup {
-                            HostPower::Armed
-                        } else {
-                            HostPower::LowPower
-                        };
-                        self.set_power(slot, to);
-                        Ok(RequestOutcome::Entered(variant))
-                    }
+                    Ok(()) => self.entered(slot, variant, now),
                     Err(source) => self.fail(slot, call, source),
                 }
             }
