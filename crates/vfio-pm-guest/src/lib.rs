@@ -14,6 +14,7 @@
 pub mod checks;
 pub mod cli;
 pub mod context;
+pub mod controller;
 pub mod report;
 pub mod scenarios;
 pub mod tour;
@@ -29,6 +30,7 @@ pub const PHASES: &[Phase] = &[
     ("checks", checks::run),
     ("scenarios", scenarios::run),
     ("cli", cli::run),
+    ("controller", controller::run),
     ("tour", tour::run),
 ];
 
