@@ -86,11 +86,28 @@ pub struct RunConformance {
     pub kernel: KernelSeries,
     /// Platform.
     pub platform: Platform,
+    /// vfio-pci was loaded with `disable_idle_d3=1`: only the scenarios with the header
+    /// `module disable_idle_d3=1` apply (and only they are n/a elsewhere).
+    pub disable_idle_d3: bool,
     /// One per embedded scenario, in name order.
     pub scenarios: Vec<ScenarioVerdict>,
 }
 
 impl RunConformance {
+    /// The column title: `6.1 d3cold`, or `6.1 d3cold disable_idle_d3=1`.
+    pub fn title(&self) -> String {
+        format!(
+            "{} {}{}",
+            self.kernel,
+            self.platform,
+            if self.disable_idle_d3 {
+                " disable_idle_d3=1"
+            } else {
+                ""
+            }
+        )
+    }
+
     /// Counts of (agrees, differs or incomplete, n/a).
     pub fn counts(&self) -> (usize, usize, usize) {
         let n = |f: fn(&Verdict) -> bool| self.scenarios.iter().filter(|s| f(&s.verdict)).count();
@@ -143,15 +160,18 @@ fn finished(report: &GuestReport, scenario: &str) -> bool {
     })
 }
 
-/// Judges one scenario against the kernel's trace lines.
+/// Judges one scenario against the kernel's trace lines of a boot whose vfio-pci had
+/// `disable_idle_d3` as given (a scenario applies when its platform and its `module` header
+/// match).
 pub fn judge(
     sc: &Scenario,
     kernel: KernelSeries,
     platform: Platform,
+    disable_idle_d3: bool,
     report: &GuestReport,
 ) -> Verdict {
     let mp = model_platform(platform);
-    if !sc.applies_to(mp) {
+    if !sc.applies_to(mp) || sc.disable_idle_d3 != disable_idle_d3 {
         return Verdict::NotApplicable;
     }
     if !finished(report, &sc.name) {
@@ -191,6 +211,7 @@ pub fn judge(
 pub fn compare(
     kernel: KernelSeries,
     platform: Platform,
+    disable_idle_d3: bool,
     report: &GuestReport,
 ) -> Result<RunConformance, scenario::ParseError> {
     let scenarios = scenario::builtin()?
@@ -198,12 +219,13 @@ pub fn compare(
         .map(|sc| ScenarioVerdict {
             scenario: sc.name.clone(),
             timing_sensitive: sc.timing_sensitive,
-            verdict: judge(sc, kernel, platform, report),
+            verdict: judge(sc, kernel, platform, disable_idle_d3, report),
         })
         .collect();
     Ok(RunConformance {
         kernel,
         platform,
+        disable_idle_d3,
         scenarios,
     })
 }
@@ -236,7 +258,8 @@ impl fmt::Display for Table<'_> {
         writeln!(
             f,
             "`agrees`: equal traces; `differs`: not equal (the QEMU test fails); `n/a`: the \
-             scenario does not apply to the platform; `incomplete`: the guest did not finish it."
+             scenario does not apply to the platform or module parameters; `incomplete`: the \
+             guest did not finish it."
         )?;
         writeln!(
             f,
@@ -244,11 +267,18 @@ impl fmt::Display for Table<'_> {
              the model allows when the asynchronous suspend wins the race after a `nosettle` \
              step (`vfio_pm_sim::model_outcomes`)."
         )?;
+        writeln!(
+            f,
+            "Columns marked `disable_idle_d3=1` are an extra boot with vfio-pci loaded with \
+             that parameter; it runs only the scenarios headed `module disable_idle_d3=1` (the \
+             model's device is built with `DeviceConfig::disable_idle_d3(true)` for them), which \
+             are n/a on the other boots."
+        )?;
         writeln!(f)?;
         let mut header = String::from("| scenario |");
         let mut rule = String::from("|---|");
         for r in self.runs {
-            let _ = write!(header, " {} {} |", r.kernel, r.platform);
+            let _ = write!(header, " {} |", r.title());
             rule.push_str("---|");
         }
         writeln!(f, "{header}\n{rule}")?;
@@ -317,7 +347,8 @@ pub fn report(summary: &crate::Summary) -> String {
             let _ = writeln!(
                 out,
                 "  {} {}: no scenarios phase",
-                r.kernel.release, r.platform
+                r.kernel.release,
+                r.label()
             );
             continue;
         };
@@ -342,7 +373,7 @@ pub fn report(summary: &crate::Summary) -> String {
             out,
             "  {} {} (model {}): {a} agree, {d} differ, {n} n/a; scenarios took {took}; races: {}",
             r.kernel.release,
-            r.platform,
+            r.label(),
             model_kernel(c.kernel),
             if races.is_empty() {
                 "-".to_string()
@@ -396,6 +427,7 @@ mod tests {
         let r = compare(
             KernelSeries::V6_1,
             Platform::D3Hot,
+            false,
             &GuestReport::parse(&all),
         )
         .unwrap();
@@ -420,17 +452,64 @@ mod tests {
         }
         assert!(matches!(v("02-open-resumes"), Verdict::Incomplete(_)));
         assert_eq!(v("32b-d3cold-disallowed"), Verdict::NotApplicable);
+        // The disable_idle_d3=1 scenarios do not apply to a normal boot.
+        assert_eq!(v("50-disable-idle-d3"), Verdict::NotApplicable);
+        let idle_d3 = scenario::builtin()
+            .unwrap()
+            .iter()
+            .filter(|s| s.disable_idle_d3)
+            .count();
+        assert!(idle_d3 >= 2);
         let (a, d, n) = r.counts();
-        assert_eq!((a, n), (1, 1));
+        assert_eq!((a, n), (1, 1 + idle_d3));
         assert_eq!(a + d + n, r.scenarios.len());
         let checks = r.host_checks();
-        assert_eq!(checks.len(), r.scenarios.len() - 1);
+        assert_eq!(checks.len(), r.scenarios.len() - 1 - idle_d3);
         assert!(checks
             .iter()
             .any(|c| c.name == "host-scenario-10-entry-suspends" && c.passed));
         assert!(checks
             .iter()
             .any(|c| c.name == "host-scenario-12-entry-exit" && !c.passed));
+    }
+
+    #[test]
+    fn a_disable_idle_d3_boot_judges_only_its_scenarios() {
+        let name = "50-disable-idle-d3";
+        let sc = scenario::builtin()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap();
+        let lines: Vec<String> = vfio_pm_sim::run_on_model(&sc, SimPlatform::D3cold)
+            .lines
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        let all = console(&[(name, lines)]);
+        let r = compare(
+            KernelSeries::V6_1,
+            Platform::D3Cold,
+            true,
+            &GuestReport::parse(&all),
+        )
+        .unwrap();
+        let v = |n: &str| {
+            r.scenarios
+                .iter()
+                .find(|s| s.scenario == n)
+                .unwrap()
+                .verdict
+                .clone()
+        };
+        assert!(matches!(v(name), Verdict::Agrees { .. }), "{:?}", v(name));
+        assert_eq!(v("10-entry-suspends"), Verdict::NotApplicable);
+        assert!(matches!(
+            v("51-disable-idle-d3-wakeup"),
+            Verdict::Incomplete(_)
+        ));
+        assert!(r.title().ends_with("disable_idle_d3=1"));
+        assert!(table(std::slice::from_ref(&r)).contains("| 6.1 d3cold disable_idle_d3=1 |"));
     }
 
     #[test]
@@ -442,6 +521,7 @@ mod tests {
         let r = compare(
             KernelSeries::V6_12,
             Platform::D3Cold,
+            false,
             &GuestReport::parse(&all),
         )
         .unwrap();
@@ -460,6 +540,7 @@ mod tests {
         let r = compare(
             KernelSeries::V6_1,
             Platform::D3Hot,
+            false,
             &GuestReport::parse(&all),
         )
         .unwrap();
@@ -480,6 +561,7 @@ mod tests {
         let r = compare(
             KernelSeries::V6_1,
             Platform::D3Hot,
+            false,
             &GuestReport::parse(&all),
         )
         .unwrap();

@@ -73,6 +73,8 @@ pub fn build(bins: &[GuestBinary]) -> Result<Vec<(String, PathBuf)>> {
 
 /// The `/init` script: mount, load the VFIO modules, bind the device to vfio-pci, run the guest
 /// program (its phases and platform come from the kernel command line), power off.
+/// `vfiopm.disable_idle_d3=1` on the kernel command line loads vfio-pci with
+/// `disable_idle_d3=1` (the parameter is latched at module init, so it must be given to insmod).
 pub fn init_script(modules: &[String]) -> String {
     format!(
         r#"#!/bin/busybox sh
@@ -85,8 +87,11 @@ mount -t devtmpfs devtmpfs /dev
 # Keep kernel messages off the console the results are read from (emergencies only).
 echo 1 > /proc/sys/kernel/printk
 echo "VFIOPM INFO init-kernel $(uname -r)"
+IDLE_D3=$(sed -n 's/.*vfiopm\.disable_idle_d3=\([^ ]*\).*/\1/p' /proc/cmdline)
 for m in {modules}; do
-    insmod /lib/vfio-pm/$m || echo "VFIOPM CHECK insmod-$m FAIL insmod failed"
+    ARGS=
+    case $m in vfio-pci.ko*|*-vfio-pci.ko*) [ -n "$IDLE_D3" ] && ARGS="disable_idle_d3=$IDLE_D3" ;; esac
+    insmod /lib/vfio-pm/$m $ARGS || echo "VFIOPM CHECK insmod-$m FAIL insmod failed"
 done
 BDF=$(sed -n 's/.*vfiopm\.device=\([^ ]*\).*/\1/p' /proc/cmdline)
 [ -n "$BDF" ] || BDF={device}

@@ -45,6 +45,36 @@ impl fmt::Display for Platform {
     }
 }
 
+/// Whether to boot with vfio-pci's `disable_idle_d3=1`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum IdleD3Boots {
+    /// Only the normal boots.
+    Skip,
+    /// After each kernel's normal boots, one more on [`IDLE_D3_PLATFORM`] (when selected,
+    /// else the last selected platform) with `disable_idle_d3=1`, running only the `scenarios`
+    /// phase (a guest on such a boot runs only the `module disable_idle_d3=1` scenarios).
+    #[default]
+    Also,
+    /// Only those extra boots.
+    Only,
+}
+
+impl FromStr for IdleD3Boots {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "skip" | "off" => Ok(Self::Skip),
+            "also" | "on" => Ok(Self::Also),
+            "only" => Ok(Self::Only),
+            other => bail!("unknown --idle-d3 {other:?} (skip, also or only)"),
+        }
+    }
+}
+
+/// The platform of the `disable_idle_d3=1` boot: D3cold, where ENTRY's suspend is visible as
+/// a power-resource `_OFF`.
+pub const IDLE_D3_PLATFORM: Platform = Platform::D3Cold;
+
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -59,6 +89,8 @@ pub struct Options {
     pub phases: Vec<String>,
     /// Hard timeout of one boot.
     pub timeout: Duration,
+    /// The extra `disable_idle_d3=1` boots.
+    pub idle_d3: IdleD3Boots,
 }
 
 impl Default for Options {
@@ -69,6 +101,7 @@ impl Default for Options {
             with_cli: true,
             phases: vec!["checks".into(), "scenarios".into(), "cli".into()],
             timeout: Duration::from_secs(120),
+            idle_d3: IdleD3Boots::Also,
         }
     }
 }
@@ -80,6 +113,8 @@ pub struct RunResult {
     pub kernel: KernelImage,
     /// Platform.
     pub platform: Platform,
+    /// vfio-pci was loaded with `disable_idle_d3=1` (an extra boot, `scenarios` phase only).
+    pub disable_idle_d3: bool,
     /// The boot.
     pub outcome: BootOutcome,
     /// What the guest reported.
@@ -104,6 +139,7 @@ impl RunResult {
     fn judge(
         kernel: KernelImage,
         platform: Platform,
+        disable_idle_d3: bool,
         outcome: BootOutcome,
         console_log: PathBuf,
     ) -> Self {
@@ -159,13 +195,16 @@ impl RunResult {
                 report
                     .records
                     .contains(&crate::console::Record::Begin("cli".into())),
+                disable_idle_d3,
             )),
             Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
         }
         let conformance = report
             .records
             .contains(&crate::console::Record::Begin("scenarios".into()))
-            .then(|| crate::conformance::compare(kernel.series, platform, &report));
+            .then(|| {
+                crate::conformance::compare(kernel.series, platform, disable_idle_d3, &report)
+            });
         let conformance = match conformance {
             Some(Ok(c)) => {
                 hc.extend(c.host_checks());
@@ -180,11 +219,21 @@ impl RunResult {
         Self {
             kernel,
             platform,
+            disable_idle_d3,
             outcome,
             report,
             host_checks: hc,
             console_log,
             conformance,
+        }
+    }
+
+    /// The run's platform, with `+disable_idle_d3` for the extra boot.
+    pub fn label(&self) -> String {
+        if self.disable_idle_d3 {
+            format!("{}+disable_idle_d3", self.platform)
+        } else {
+            self.platform.to_string()
         }
     }
 
@@ -229,7 +278,7 @@ impl fmt::Display for Summary {
                 f,
                 "  {:<26} {:<6} {:>6.1?}  {} ({} checks, {} failed)",
                 r.kernel.release,
-                r.platform,
+                r.label(),
                 r.outcome.elapsed,
                 if r.passed() { "PASS" } else { "FAIL" },
                 total,
@@ -295,19 +344,39 @@ pub fn run(opts: &Options) -> Result<Summary> {
         prepare: start.elapsed(),
         ..Default::default()
     };
+    let mut boots: Vec<(Platform, bool)> = Vec::new();
+    if opts.idle_d3 != IdleD3Boots::Only {
+        boots.extend(opts.platforms.iter().map(|&p| (p, false)));
+    }
+    if opts.idle_d3 != IdleD3Boots::Skip {
+        let p = if opts.platforms.contains(&IDLE_D3_PLATFORM) {
+            Some(IDLE_D3_PLATFORM)
+        } else {
+            opts.platforms.last().copied()
+        };
+        boots.extend(p.map(|p| (p, true)));
+    }
     for (k, initrd) in kernels.iter().zip(&initrds) {
-        for &p in &opts.platforms {
-            let dir = crate::qemu_dir()
-                .join("runs")
-                .join(format!("{}-{p}", k.release));
+        for &(p, idle_d3) in &boots {
+            let dir = crate::qemu_dir().join("runs").join(format!(
+                "{}-{p}{}",
+                k.release,
+                if idle_d3 { "-disable_idle_d3" } else { "" }
+            ));
             std::fs::create_dir_all(&dir)?;
+            // The extra boot runs only the scenarios (its other phases assume idle D3).
+            let append = if idle_d3 {
+                format!("vfiopm.platform={p} vfiopm.phases=scenarios vfiopm.disable_idle_d3=1")
+            } else {
+                format!(
+                    "vfiopm.platform={p} vfiopm.phases={}",
+                    opts.phases.join(",")
+                )
+            };
             let spec = BootSpec {
                 kernel: k.vmlinuz.clone(),
                 initrd: initrd.clone(),
-                append: format!(
-                    "vfiopm.platform={p} vfiopm.phases={}",
-                    opts.phases.join(",")
-                ),
+                append,
                 acpi_table: if p == Platform::D3Cold {
                     ssdt.clone()
                 } else {
@@ -317,12 +386,17 @@ pub fn run(opts: &Options) -> Result<Summary> {
                 trap_log: dir.join("trap.log"),
                 timeout: opts.timeout,
             };
-            eprintln!("xtask qemu: booting {} on {p}", k.release);
+            let label = if idle_d3 {
+                format!("{p} with vfio-pci disable_idle_d3=1")
+            } else {
+                p.to_string()
+            };
+            eprintln!("xtask qemu: booting {} on {label}", k.release);
             let outcome = qemu::boot(&spec)?;
             let log = qemu::save_console(&dir, &outcome)?;
-            let r = RunResult::judge(k.clone(), p, outcome, log);
+            let r = RunResult::judge(k.clone(), p, idle_d3, outcome, log);
             eprintln!(
-                "xtask qemu: {} {p}: {} in {:.1?}",
+                "xtask qemu: {} {label}: {} in {:.1?}",
                 k.release,
                 if r.passed() { "PASS" } else { "FAIL" },
                 r.outcome.elapsed

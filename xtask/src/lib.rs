@@ -27,7 +27,7 @@ pub mod trap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-pub use harness::{run, Options, Platform, Summary};
+pub use harness::{run, IdleD3Boots, Options, Platform, Summary};
 pub use kernels::KernelSeries;
 
 /// The workspace root (the parent of this crate).

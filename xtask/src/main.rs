@@ -9,8 +9,10 @@ const USAGE: &str = "usage: cargo xtask <command>
   kernels [--kernel 6.1|6.12|all]
                                resolve, download and cache the Debian kernels
   qemu [--kernel 6.1|6.12|all] [--platform d3hot|d3cold|all] [--no-cli]
-       [--phases checks,...] [--timeout SECS]
+       [--phases checks,...] [--timeout SECS] [--idle-d3 also|skip|only]
                                run vfio-pm against the real kernels in QEMU
+                               (--idle-d3: the extra boot per kernel with vfio-pci
+                               disable_idle_d3=1, scenarios only; default also)
   tour                         write docs/cli.md from real output of the CLI in the
                                newest kernel on the D3cold platform
   conformance [--kernel ...] [--platform ...]
@@ -72,6 +74,7 @@ fn main() -> Result<()> {
             "--phases" | "--mode" => {
                 opts.phases = value()?.split(',').map(str::to_string).collect()
             }
+            "--idle-d3" => opts.idle_d3 = value()?.parse()?,
             "--timeout" => {
                 opts.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
             }
@@ -114,7 +117,8 @@ fn main() -> Result<()> {
                 with_cli: false,
                 ..opts
             };
-            let full = opts.kernels.len() * opts.platforms.len() == 4;
+            let full = opts.kernels.len() * opts.platforms.len() == 4
+                && opts.idle_d3 == xtask::IdleD3Boots::Also;
             let summary = xtask::run(&opts)?;
             println!("{summary}");
             print!("{}", xtask::conformance::report(&summary));
@@ -137,6 +141,7 @@ fn main() -> Result<()> {
                 with_cli: true,
                 kernels: vec![KernelSeries::ALL[KernelSeries::ALL.len() - 1]],
                 platforms: vec![Platform::D3Cold],
+                idle_d3: xtask::IdleD3Boots::Skip,
                 ..opts
             };
             let summary = xtask::run(&opts)?;

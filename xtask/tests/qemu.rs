@@ -1,9 +1,10 @@
 //! The real-kernel harness as a test: Debian's 6.1 and 6.12 kernels × D3hot and D3cold
-//! platforms, every guest and host check must pass.
+//! platforms, plus one D3cold boot per kernel with vfio-pci's `disable_idle_d3=1` (its
+//! scenarios only); every guest and host check must pass.
 //!
 //! Needs root (apt-get, kernel downloads), QEMU and network access to Debian's archive the first
 //! time. When those are unavailable the test FAILS with the reason, unless `VFIO_PM_SKIP_QEMU=1`,
-//! which skips it loudly. The four boots run one after the other inside this single test.
+//! which skips it loudly. The six boots run one after the other inside this single test.
 
 use std::io::Write;
 use std::time::Instant;
@@ -37,12 +38,17 @@ fn vfio_pm_on_real_kernels_in_qemu() {
         xtask::conformance::report(&summary),
         start.elapsed()
     ));
-    assert_eq!(summary.runs.len(), 4, "{summary}");
+    assert_eq!(summary.runs.len(), 6, "{summary}");
+    assert_eq!(
+        summary.runs.iter().filter(|r| r.disable_idle_d3).count(),
+        2,
+        "one disable_idle_d3=1 boot per kernel\n{summary}"
+    );
     assert!(
         summary.all_passed(),
         "real-kernel checks failed:\n{summary}"
     );
-    for r in &summary.runs {
+    for r in summary.runs.iter().filter(|r| !r.disable_idle_d3) {
         // The check list must not silently shrink: every run reports the full sequence.
         let n = r.report.checks().count();
         assert!(
@@ -52,7 +58,7 @@ fn vfio_pm_on_real_kernels_in_qemu() {
             r.platform
         );
     }
-    for r in &summary.runs {
+    for r in summary.runs.iter().filter(|r| !r.disable_idle_d3) {
         // The CLI phase ran in full on every run, and on d3cold the trap oracle judged the
         // bytes the guest's calls of vfio-pm's generated _ON/_OFF wrote.
         let cli = r
@@ -93,13 +99,25 @@ fn vfio_pm_on_real_kernels_in_qemu() {
     let conf = xtask::conformance::runs(&summary);
     assert_eq!(
         conf.len(),
-        4,
+        6,
         "a run did not report the scenarios phase\n{summary}"
     );
+    // Every disable_idle_d3 scenario applies to the extra boot's platform.
+    let idle_d3_scenarios = vfio_pm_sim::scenario::builtin()
+        .expect("the embedded scenarios parse")
+        .iter()
+        .filter(|s| s.disable_idle_d3)
+        .count();
+    assert!(idle_d3_scenarios >= 2, "{idle_d3_scenarios}");
     for c in &conf {
         let (agree, differ, _) = c.counts();
+        let want = if c.disable_idle_d3 {
+            idle_d3_scenarios
+        } else {
+            45
+        };
         assert!(
-            differ == 0 && agree >= 45,
+            differ == 0 && agree >= want,
             "{} {}: {agree} scenarios agree, {differ} differ or are incomplete\n{summary}",
             c.kernel,
             c.platform

@@ -1,12 +1,13 @@
 //! Phase `scenarios`: every conformance scenario of the workspace (`scenarios/*.scn`, embedded
 //! in this binary through [`vfio_pm_sim::scenario::BUILTIN`]) that applies to the VM's
-//! platform, run against the real kernel ([`KernelDevice`]) with the same runner the model
+//! platform and to vfio-pci's loaded `disable_idle_d3` (a scenario's `module` header; a boot
+//! with `disable_idle_d3=1` runs only those scenarios), run against the real kernel ([`KernelDevice`]) with the same runner the model
 //! uses. The host compares the traces with the model's (`cargo xtask conformance`).
 //!
 //! Output per scenario: one `VFIOPM TRACE <scenario> <line>` per step, then the end marker
 //! `VFIOPM INFO scenario-end <scenario> steps=<n> ms=<elapsed>`. Checks: the scenarios parse,
 //! and every scenario started from the baseline (device closed, `power/control=auto`,
-//! `d3cold_allowed=1`, runtime-suspended).
+//! `d3cold_allowed=1`, runtime-suspended; with `disable_idle_d3=1`: D0 active, reference §5 1).
 
 use crate::context::Ctx;
 use crate::report::Reporter;
@@ -46,12 +47,51 @@ fn ensure_knob(sys: &SysfsDevice, rel: &str, value: &str) -> Result<(), String> 
     sys.write(rel, value).map_err(|e| e.to_string())
 }
 
+/// Where vfio-pci shows its `disable_idle_d3` module parameter (`Y` or `N`).
+pub const DISABLE_IDLE_D3_PARAM: &str = "/sys/module/vfio_pci/parameters/disable_idle_d3";
+
+/// vfio-pci's `disable_idle_d3` as loaded (the harness's `/init` passes it to `insmod`).
+pub fn disable_idle_d3() -> Result<bool, String> {
+    let v = std::fs::read_to_string(DISABLE_IDLE_D3_PARAM)
+        .map_err(|e| format!("{DISABLE_IDLE_D3_PARAM}: {e}"))?;
+    match v.trim() {
+        "Y" | "1" => Ok(true),
+        "N" | "0" => Ok(false),
+        other => Err(format!("{DISABLE_IDLE_D3_PARAM}: unexpected {other:?}")),
+    }
+}
+
 /// Brings the (closed) device back to the baseline: `power/control=auto`, `d3cold_allowed=1`,
-/// runtime-suspended (two readings 10 ms apart agree).
-pub fn baseline(sys: &SysfsDevice) -> Result<String, String> {
+/// runtime-suspended (two readings 10 ms apart agree). With `idle_d3_disabled` the baseline
+/// is D0 active instead (an unused device is not suspended; reference §5 1), held for
+/// [`SETTLE_LIMIT`].
+pub fn baseline(sys: &SysfsDevice, idle_d3_disabled: bool) -> Result<String, String> {
     ensure_knob(sys, "power/control", "auto")?;
     ensure_knob(sys, "d3cold_allowed", "1")?;
     let start = Instant::now();
+    if idle_d3_disabled {
+        let mut since = Instant::now();
+        let mut last = sys.observe().map_err(|e| e.to_string())?;
+        loop {
+            std::thread::sleep(Duration::from_millis(5));
+            let now = sys.observe().map_err(|e| e.to_string())?;
+            if now != last {
+                since = Instant::now();
+            }
+            last = now;
+            let d0_active = last.runtime_status == RuntimeStatus::Active
+                && last.power_state == vfio_pm::PowerState::D0;
+            if d0_active && since.elapsed() >= SETTLE_LIMIT {
+                return Ok(last.to_string());
+            }
+            if start.elapsed() >= BASELINE_LIMIT {
+                return Err(format!(
+                    "disable_idle_d3=1: not D0 active for {SETTLE_LIMIT:?} within \
+                     {BASELINE_LIMIT:?}: {last}"
+                ));
+            }
+        }
+    }
     loop {
         let a = sys.observe().map_err(|e| e.to_string())?;
         if a.runtime_status == RuntimeStatus::Suspended {
@@ -81,14 +121,26 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         crate::context::Platform::D3Hot => vfio_pm_sim::Platform::D3hot,
         crate::context::Platform::D3Cold => vfio_pm_sim::Platform::D3cold,
     };
-    let applicable: Vec<_> = all.iter().filter(|s| s.applies_to(platform)).collect();
+    let idle_d3_disabled = match disable_idle_d3() {
+        Ok(v) => v,
+        Err(e) => {
+            r.check("scenarios-disable-idle-d3", false, e);
+            return;
+        }
+    };
+    r.info("disable_idle_d3", idle_d3_disabled);
+    let applicable: Vec<_> = all
+        .iter()
+        .filter(|s| s.applies_to(platform) && s.disable_idle_d3 == idle_d3_disabled)
+        .collect();
     r.check(
         "scenarios-parse",
         !applicable.is_empty(),
         format!(
-            "{} scenarios embedded, {} apply to {platform}",
+            "{} scenarios embedded, {} apply to {platform} with disable_idle_d3={}",
             all.len(),
-            applicable.len()
+            applicable.len(),
+            u8::from(idle_d3_disabled)
         ),
     );
     let sys = match ctx.sysfs.device(ctx.device) {
@@ -105,7 +157,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     let started = Instant::now();
     let mut off_baseline = Vec::new();
     for sc in applicable {
-        if let Err(e) = baseline(&sys) {
+        if let Err(e) = baseline(&sys, idle_d3_disabled) {
             r.check(&format!("scenario-baseline-{}", sc.name), false, e);
             off_baseline.push(sc.name.clone());
         }
@@ -132,14 +184,15 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             ),
         );
     }
-    if let Err(e) = baseline(&sys) {
+    if let Err(e) = baseline(&sys, idle_d3_disabled) {
         r.check("scenarios-baseline-after", false, e);
     }
     r.check(
         "scenarios-baseline",
         off_baseline.is_empty(),
         format!(
-            "every scenario started closed, auto, d3cold_allowed=1, suspended (failed: {off_baseline:?}); all took {:.1?}",
+            "every scenario started closed, auto, d3cold_allowed=1, {} (failed: {off_baseline:?}); all took {:.1?}",
+            if idle_d3_disabled { "D0 active" } else { "suspended" },
             started.elapsed()
         ),
     );

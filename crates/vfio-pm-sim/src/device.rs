@@ -35,12 +35,6 @@ impl SimDevice {
         &self.host
     }
 
-    /// Touches a BAR through an mmap: [`MmapAccess::SigBus`] while low power is engaged or
-    /// memory is disabled (guest D3hot); never resumes the device.
-    pub fn bar_mmap_access(&self) -> Result<MmapAccess, Errno> {
-        self.host.lock().mmap_access(self.index, self.handle)
-    }
-
     /// VFIO_DEVICE_PCI_HOT_RESET: resets every device of this device's dev_set; wakeup-armed
     /// siblings are resumed, signalled and leave low power.
     pub fn hot_reset(&self) -> Result<(), Errno> {
@@ -111,6 +105,12 @@ impl HostDevice for SimDevice {
             data.len(),
             Access::Write(data),
         )
+    }
+
+    fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
+        self.host
+            .lock()
+            .mmap_access(self.index, self.handle, region)
     }
 
     fn host_config_read(&self) -> Result<(), Errno> {

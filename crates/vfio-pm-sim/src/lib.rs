@@ -12,7 +12,8 @@
 //!   runtime-PM usage count, asynchronous suspend (it happens when you call
 //!   [`HostDevice::settle`](vfio_pm::HostDevice::settle) or [`SimHost::run_pending`]: nothing sleeps), one-shot wakeup
 //!   signalling on a real resume, region access, mmap faults
-//!   ([`SimDevice::bar_mmap_access`]), host sysfs paths, reset and close.
+//!   ([`HostDevice::bar_mmap_access`](vfio_pm::HostDevice::bar_mmap_access)), host sysfs
+//!   paths, reset and close.
 //! - Eventfds are real: the ENTRY_WITH_WAKEUP payload carries an eventfd number of this
 //!   process; the model validates it like the kernel (EINVAL / EBADF), keeps a reference and
 //!   writes 1 to it on a wake.
@@ -85,7 +86,8 @@ pub use host::{DeviceSnapshot, IntxStatus, SimHost, SimHostBuilder};
 pub use platform::{KernelVersion, Platform, UnknownPlatform};
 pub use vfio::MmapAccess;
 
-/// Runs `scenario` on a fresh model host with one default device on `platform` (kernel 6.1):
+/// Runs `scenario` on a fresh model host with one default device on `platform` (kernel 6.1;
+/// vfio-pci's `disable_idle_d3` as the scenario's `module` header says):
 /// the model's side of a model-vs-kernel comparison.
 pub fn run_on_model(scenario: &scenario::Scenario, platform: Platform) -> scenario::Trace {
     run_on_model_with(
@@ -97,7 +99,8 @@ pub fn run_on_model(scenario: &scenario::Scenario, platform: Platform) -> scenar
 }
 
 /// Runs `scenario` on a fresh model host with one default device on `platform`, impersonating
-/// `kernel`, with `options` (e.g. [`scenario::RunOptions::suspend_wins`]).
+/// `kernel`, with `options` (e.g. [`scenario::RunOptions::suspend_wins`]). The device is built
+/// with [`DeviceConfig::disable_idle_d3`] when the scenario says `module disable_idle_d3=1`.
 pub fn run_on_model_with(
     scenario: &scenario::Scenario,
     platform: Platform,
@@ -107,6 +110,7 @@ pub fn run_on_model_with(
     let host = SimHost::builder()
         .platform(platform)
         .kernel(kernel)
+        .device(DeviceConfig::default().disable_idle_d3(scenario.disable_idle_d3))
         .build()
         .unwrap_or_else(|_| SimHost::new(platform));
     scenario::run_with(

@@ -13,14 +13,7 @@ use vfio_pm::{HostKnob, PowerState, BAR0_REGION, CONFIG_REGION};
 /// `VFIO_PCI_NUM_REGIONS` (BAR0..5, ROM, config, VGA); vfio-pci adds no device regions here.
 const NUM_REGIONS: u32 = 9;
 
-/// What touching a BAR through an mmap does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MmapAccess {
-    /// The page fault was served: the access works.
-    Ok,
-    /// The fault handler refused (engaged, or memory disabled / device in D3): SIGBUS.
-    SigBus,
-}
+pub use vfio_pm::MmapAccess;
 
 impl HostState {
     /// Fails with EBADF unless `handle` is the device's open fd.
@@ -362,9 +355,19 @@ impl HostState {
         Ok(())
     }
 
-    /// The mmap fault handler: SIGBUS while engaged or while memory is disabled; no resume.
-    pub(crate) fn mmap_access(&self, i: usize, handle: u64) -> Result<MmapAccess, Errno> {
+    /// `mmap` of `region` (only a memory BAR, here BAR0, is mmap-capable: EINVAL otherwise)
+    /// and a touch of it, i.e. the mmap fault handler: SIGBUS while engaged or while memory is
+    /// disabled; never resumes the device.
+    pub(crate) fn mmap_access(
+        &self,
+        i: usize,
+        handle: u64,
+        region: u32,
+    ) -> Result<MmapAccess, Errno> {
         self.check_handle(i, handle)?;
+        if region != BAR0_REGION || self.devices[i].cfg.bar0_size == 0 {
+            return Err(Errno::EINVAL);
+        }
         if self.devices[i].engaged || !self.memory_enabled(i) {
             Ok(MmapAccess::SigBus)
         } else {

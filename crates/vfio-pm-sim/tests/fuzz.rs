@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use vfio_pm::{HostDevice, HostKnob, PciAddress, RuntimeStatus};
+use vfio_pm::{HostDevice, HostKnob, PciAddress, RuntimeStatus, BAR0_REGION};
 use vfio_pm_sim::scenario::Scenario;
 use vfio_pm_sim::{run_on_model, DeviceConfig, Platform, SimDevice, SimHost};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
@@ -236,7 +236,7 @@ fn random_calls_and_arguments_never_panic_and_keep_invariants() {
                     }
                     10 => {
                         let _ = d.hot_reset();
-                        let _ = d.bar_mmap_access();
+                        let _ = d.bar_mmap_access(BAR0_REGION);
                     }
                     11 => {
                         let _ = d.raise_intx();

@@ -47,18 +47,18 @@ fn open(p: Platform) -> (SimHost, SimDevice) {
 #[test]
 fn s10_12_14_mmap_sigbus_while_engaged_and_works_after_exit() {
     let (_h, dev) = open(Platform::D3cold);
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::Ok));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::Ok));
     dev.enter_low_power().unwrap();
     assert_eq!(
-        dev.bar_mmap_access(),
+        dev.bar_mmap_access(BAR0_REGION),
         Ok(MmapAccess::SigBus),
         "even before suspend"
     );
     assert!(suspended(&dev));
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::SigBus));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::SigBus));
     assert!(suspended(&dev), "a fault does not resume");
     dev.exit_low_power().unwrap();
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::Ok));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::Ok));
 }
 
 #[test]
@@ -75,7 +75,7 @@ fn s15_16_region_access_resumes_and_plain_entry_resuspends() {
             "active during/after the access"
         );
         assert!(suspended(&dev), "plain ENTRY re-enters low power");
-        assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::SigBus));
+        assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::SigBus));
     }
     // Invalid index and zero count do not resume.
     let (_h, dev) = open(Platform::D3hot);
@@ -109,11 +109,11 @@ fn s22_power_control_on_prevents_suspend_and_signals() {
     let e = efd();
     wakeup(&dev, &e).unwrap();
     assert_eq!(dev.settle(LIMIT).unwrap(), d0());
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::SigBus));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::SigBus));
     dev.device_ioctl().unwrap();
     dev.exit_low_power().unwrap();
     assert_eq!(count(&e), 0);
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::Ok));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::Ok));
 }
 
 #[test]
@@ -148,7 +148,7 @@ fn s28_reset_keeps_engaged_and_einval_without_reset() {
     assert!(suspended(&dev));
     assert_eq!(dev.reset(), Ok(()));
     assert!(suspended(&dev), "still engaged: re-suspends");
-    assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::SigBus));
+    assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::SigBus));
 
     let host = SimHost::builder()
         .device(DeviceConfig::default().reset_works(false))
@@ -176,7 +176,7 @@ fn s29_guest_pmcsr_d3hot() {
                 runtime_status: RuntimeStatus::Active
             }
         );
-        assert_eq!(dev.bar_mmap_access(), Ok(MmapAccess::SigBus));
+        assert_eq!(dev.bar_mmap_access(BAR0_REGION), Ok(MmapAccess::SigBus));
         assert_eq!(
             dev.region_read(BAR0_REGION, 0, &mut [0u8; 4]),
             Err(Errno::EIO)

@@ -31,6 +31,7 @@ fn every_scenario_parses_and_runs_on_the_model() {
                 let ok = l.result == "ok"
                     || l.result.starts_with("ok=")
                     || l.result == "no-device"
+                    || l.result == "SIGBUS"
                     || is_errno_name(&l.result);
                 assert!(ok, "{} on {p}: {l}", sc.name);
                 assert_eq!(l.eventfds.len(), sc.eventfds.len());
@@ -55,12 +56,68 @@ fn golden_10_entry_suspends() {
     golden(
         "10-entry-suspends",
         Platform::D3hot,
-        &["ok - | D0 active", "ok - | D3hot suspended"],
+        &[
+            "ok - | D0 active",
+            "ok - | D0 active",
+            "ok - | D3hot suspended",
+            "SIGBUS - | D3hot suspended",
+        ],
     );
     golden(
         "10-entry-suspends",
         Platform::D3cold,
-        &["ok - | D0 active", "ok - | D3cold suspended"],
+        &[
+            "ok - | D0 active",
+            "ok - | D0 active",
+            "ok - | D3cold suspended",
+            "SIGBUS - | D3cold suspended",
+        ],
+    );
+}
+
+#[test]
+fn golden_14_mmap_after_entry() {
+    golden(
+        "14-entry-mmap",
+        Platform::D3hot,
+        &[
+            "ok - | D0 active",
+            "ok - | D3hot suspended",
+            "SIGBUS - | D3hot suspended",
+            "ok - | D0 active",
+            "ok - | D0 active",
+        ],
+    );
+}
+
+#[test]
+fn golden_50_disable_idle_d3() {
+    // Reference §5 36: with disable_idle_d3=1 ENTRY still suspends; EXIT and close leave the
+    // device D0 active (no close-time put).
+    assert!(load("50-disable-idle-d3").disable_idle_d3);
+    golden(
+        "50-disable-idle-d3",
+        Platform::D3cold,
+        &[
+            "ok - | D0 active",
+            "ok - | D3cold suspended",
+            "ok - | D0 active",
+            "ok - | D3cold suspended",
+            "ok - | D0 active",
+            "ok - | D0 active",
+            "ok - | D0 active",
+        ],
+    );
+    golden(
+        "51-disable-idle-d3-wakeup",
+        Platform::D3hot,
+        &[
+            "ok A=0 | D0 active",
+            "ok A=0 | D3hot suspended",
+            "SIGBUS A=0 | D3hot suspended",
+            "ok A=1 | D0 active",
+            "ok A=0 | D0 active",
+        ],
     );
 }
 
@@ -86,7 +143,10 @@ fn golden_18_ioctl_wakes_once() {
             &[
                 "ok A=0 | D0 active",
                 &format!("ok A=0 | {low} suspended"),
+                // The mmap fault SIGBUSes without resuming: no wake.
+                &format!("SIGBUS A=0 | {low} suspended"),
                 "ok A=1 | D0 active",
+                "ok A=0 | D0 active",
                 "ok A=0 | D0 active",
             ],
         );
@@ -188,9 +248,11 @@ fn golden_29_pmcsr() {
             "ok - | D3hot active",
             "ok=D3hot - | D3hot active",
             "EIO - | D3hot active",
+            "SIGBUS - | D3hot active",
             "ok - | D3cold suspended",
             "ok - | D0 active",
             "ok=D0 - | D0 active",
+            "ok - | D0 active",
             "ok - | D0 active",
         ],
     );

@@ -447,6 +447,9 @@ impl HostDevice for EntryErrno {
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         self.0.region_write(region, offset, data)
     }
+    fn bar_mmap_access(&self, region: u32) -> Result<vfio_pm::MmapAccess, Errno> {
+        self.0.bar_mmap_access(region)
+    }
     fn host_config_read(&self) -> Result<(), Errno> {
         self.0.host_config_read()
     }

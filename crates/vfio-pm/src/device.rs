@@ -169,6 +169,12 @@ impl VfioPciDevice {
             self.device.get_region_size(index),
         )
     }
+
+    /// The `VFIO_REGION_INFO_FLAG_*` bits of region `index` (0 for an index the device does
+    /// not have).
+    pub fn region_flags(&self, index: u32) -> u32 {
+        self.device.get_region_flags(index)
+    }
 }
 
 impl AsFd for VfioPciDevice {

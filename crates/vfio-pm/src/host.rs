@@ -20,6 +20,25 @@ pub const CONFIG_REGION: u32 = vfio_bindings::bindings::vfio::VFIO_PCI_CONFIG_RE
 /// Index of BAR0 (`VFIO_PCI_BAR0_REGION_INDEX`).
 pub const BAR0_REGION: u32 = vfio_bindings::bindings::vfio::VFIO_PCI_BAR0_REGION_INDEX;
 
+/// What touching a BAR through an `mmap` of the device fd did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MmapAccess {
+    /// The page fault was served: the access worked.
+    Ok,
+    /// The fault handler refused (low power engaged, or memory disabled / device in D3hot):
+    /// the access raised SIGBUS.
+    SigBus,
+}
+
+impl std::fmt::Display for MmapAccess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MmapAccess::Ok => "ok",
+            MmapAccess::SigBus => "SIGBUS",
+        })
+    }
+}
+
 /// Host-side sysfs knobs that change runtime PM behaviour.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HostKnob {
@@ -51,6 +70,13 @@ pub trait HostDevice {
 
     /// `pwrite` on a VFIO region of the device fd. Returns the number of bytes written.
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno>;
+
+    /// Touches (reads 4 bytes at the start of) an `mmap` of VFIO region `region` of the device
+    /// fd. The kernel's fault handler never resumes the device: it answers SIGBUS while low
+    /// power is engaged or the device's memory is disabled (PMCSR D3hot), which is reported as
+    /// [`MmapAccess::SigBus`]. A region that cannot be mapped (config space, an index without
+    /// an mmap-capable BAR) fails with EINVAL, like `mmap(2)` on it.
+    fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno>;
 
     /// A host-side read of the device's config space through sysfs (what `lspci -xxx` does).
     fn host_config_read(&self) -> Result<(), Errno>;
@@ -136,6 +162,9 @@ impl<T: HostDevice + ?Sized> HostDevice for Box<T> {
     }
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         (**self).region_write(region, offset, data)
+    }
+    fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
+        (**self).bar_mmap_access(region)
     }
     fn host_config_read(&self) -> Result<(), Errno> {
         (**self).host_config_read()

@@ -55,7 +55,7 @@ pub mod sysfs;
 pub use device::{OpenError, VfioPciDevice};
 pub use error::FeatureError;
 pub use feature::{LowPowerFeature, Support};
-pub use host::{HostDevice, HostKnob, LowPower, BAR0_REGION, CONFIG_REGION};
+pub use host::{HostDevice, HostKnob, LowPower, MmapAccess, BAR0_REGION, CONFIG_REGION};
 pub use kernel::KernelDevice;
 pub use nix::errno::Errno;
 pub use pci::{PciAddress, PciAddressError};

@@ -12,6 +12,7 @@
 //! | line | meaning |
 //! |---|---|
 //! | `platform any` / `platform d3hot` / `platform d3cold` | which platforms the scenario applies to (default any) |
+//! | `module disable_idle_d3=1` | the scenario is for a host whose vfio-pci was loaded with `disable_idle_d3=1` (the model builds its device with it; a guest runs it only on such a boot, and only such scenarios) |
 //! | `timing-sensitive` | the outcome on a real kernel depends on winning a race with the asynchronous suspend |
 //!
 //! Steps (each may end with `nosettle`: the runner then records the power state as
@@ -29,6 +30,7 @@
 //! | `config-read` | host sysfs config read (`lspci -xxx`) |
 //! | `region-read config\|bar0\|N OFFSET LEN` | `pread` on a region |
 //! | `region-write config\|bar0\|N OFFSET HEXBYTES` | `pwrite` on a region |
+//! | `mmap-touch bar0\|N` | [`HostDevice::bar_mmap_access`](vfio_pm::HostDevice::bar_mmap_access): touches the device's mapping of the region (the kernel backend maps it on first use and keeps it until close); result `ok` or `SIGBUS` |
 //! | `pmcsr D0\|D1\|D2\|D3hot` | guest PMCSR write: finds the PM capability by walking the capability list through the config region, writes PM cap + 4 |
 //! | `pmcsr read` | reads the PMCSR state bits the same way; result `ok=D0` .. `ok=D3hot` |
 //! | `knob control=on\|auto`, `knob d3cold=0\|1` | sysfs `power/control`, `d3cold_allowed` |

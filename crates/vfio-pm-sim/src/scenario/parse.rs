@@ -21,6 +21,9 @@ pub struct Scenario {
     pub platforms: Platforms,
     /// True when its kernel outcome depends on racing the asynchronous suspend.
     pub timing_sensitive: bool,
+    /// The vfio-pci module parameter `disable_idle_d3` the scenario is written for (header
+    /// `module disable_idle_d3=1`; default 0). It runs only on a host loaded that way.
+    pub disable_idle_d3: bool,
     /// The steps, in order.
     pub steps: Vec<Step>,
     /// The named eventfds, in order of first mention.
@@ -74,6 +77,11 @@ pub enum StepKind {
         offset: u64,
         /// Bytes to write.
         data: Vec<u8>,
+    },
+    /// Touch an `mmap` of a region (BAR); result `ok` or `SIGBUS`.
+    MmapTouch {
+        /// The region.
+        region: Region,
     },
     /// Guest PMCSR access through the config region.
     Pmcsr(PmcsrStep),
@@ -187,6 +195,7 @@ impl Scenario {
             name: name.to_string(),
             platforms: Platforms::Any,
             timing_sensitive: false,
+            disable_idle_d3: false,
             steps: Vec::new(),
             eventfds: Vec::new(),
         };
@@ -215,6 +224,18 @@ impl Scenario {
                     sc.platforms = match *p {
                         "any" | "both" => Platforms::Any,
                         other => Platforms::Only(other.parse().map_err(|e| err(format!("{e}")))?),
+                    };
+                    continue;
+                }
+                ("module", [kv]) => {
+                    sc.disable_idle_d3 = match *kv {
+                        "disable_idle_d3=1" => true,
+                        "disable_idle_d3=0" => false,
+                        other => {
+                            return Err(err(format!(
+                                "module: expected disable_idle_d3=0|1, got {other:?}"
+                            )))
+                        }
                     };
                     continue;
                 }
@@ -250,6 +271,9 @@ impl Scenario {
                     region: parse_region(r).map_err(err)?,
                     offset: parse_u64(off).map_err(err)?,
                     data: parse_hex(hex).map_err(err)?,
+                },
+                ("mmap-touch", [r]) => StepKind::MmapTouch {
+                    region: parse_region(r).map_err(err)?,
                 },
                 ("pmcsr", [what]) => StepKind::Pmcsr(match what.to_ascii_lowercase().as_str() {
                     "d0" => PmcsrStep::Write(0),
@@ -480,5 +504,9 @@ mod tests {
         assert!(sc.applies_to(Platform::D3cold) && !sc.applies_to(Platform::D3hot));
         assert!(Scenario::parse("x", "nosettle").is_err());
         assert!(Scenario::parse("x", "platform d4").is_err());
+        assert!(Scenario::parse("x", "module nointxmask=1").is_err());
+        let sc = Scenario::parse("x", "module disable_idle_d3=1\nopen\n").unwrap();
+        assert!(sc.disable_idle_d3 && sc.steps.len() == 1);
+        assert!(!Scenario::parse("x", "open\n").unwrap().disable_idle_d3);
     }
 }

@@ -6,7 +6,7 @@ use nix::errno::Errno;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use vfio_pm::{EventFd, HostDevice, HostKnob, CONFIG_REGION};
+use vfio_pm::{EventFd, HostDevice, HostKnob, MmapAccess, CONFIG_REGION};
 
 /// The fd number used for `fd=badfd`: far above any open descriptor, so the kernel's fd lookup
 /// fails with EBADF.
@@ -137,16 +137,30 @@ impl Runner<'_> {
             },
         };
         match result {
-            Ok(None) => "ok".into(),
-            Ok(Some(value)) => format!("ok={value}"),
+            Ok(Outcome::Done) => "ok".into(),
+            Ok(Outcome::Value(value)) => format!("ok={value}"),
+            Ok(Outcome::Raw(text)) => text,
             Err(e) => errno_name(e),
         }
     }
 
-    fn open(&mut self) -> Result<Option<String>, Errno> {
+    fn open(&mut self) -> Result<Outcome, Errno> {
         // On success the previous handle (if any) is dropped, which closes it.
         self.device = Some((self.open)()?);
-        Ok(None)
+        Ok(Outcome::Done)
+    }
+}
+
+/// A successful step's result: `ok`, `ok=VALUE`, or a word of its own (`SIGBUS`).
+enum Outcome {
+    Done,
+    Value(String),
+    Raw(String),
+}
+
+impl From<Option<String>> for Outcome {
+    fn from(v: Option<String>) -> Self {
+        v.map_or(Outcome::Done, Outcome::Value)
     }
 }
 
@@ -154,8 +168,14 @@ fn do_step(
     dev: &mut dyn HostDevice,
     kind: &StepKind,
     efds: &[(String, EventFd)],
-) -> Result<Option<String>, Errno> {
-    match kind {
+) -> Result<Outcome, Errno> {
+    if let StepKind::MmapTouch { region } = kind {
+        return dev.bar_mmap_access(region.index()).map(|a| match a {
+            MmapAccess::Ok => Outcome::Done,
+            MmapAccess::SigBus => Outcome::Raw(a.to_string()),
+        });
+    }
+    let r = match kind {
         StepKind::Open | StepKind::Reopen | StepKind::Settle => Ok(None),
         StepKind::Close => dev.close().map(|_| None),
         StepKind::Feature(f) => feature(dev, f, efds).map(|_| None),
@@ -185,7 +205,9 @@ fn do_step(
             })
             .map(|_| None),
         StepKind::Reset => dev.reset().map(|_| None),
-    }
+        StepKind::MmapTouch { .. } => Ok(None),
+    };
+    r.map(Outcome::from)
 }
 
 fn feature(dev: &dyn HostDevice, f: &FeatureStep, efds: &[(String, EventFd)]) -> Result<(), Errno> {
