@@ -99,7 +99,12 @@ impl Default for Options {
             kernels: KernelSeries::ALL.to_vec(),
             platforms: Platform::ALL.to_vec(),
             with_cli: true,
-            phases: vec!["checks".into(), "scenarios".into(), "cli".into()],
+            phases: vec![
+                "checks".into(),
+                "scenarios".into(),
+                "cli".into(),
+                "controller".into(),
+            ],
             timeout: Duration::from_secs(120),
             idle_d3: IdleD3Boots::Also,
         }

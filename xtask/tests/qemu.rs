@@ -72,6 +72,18 @@ fn vfio_pm_on_real_kernels_in_qemu() {
             r.kernel.release,
             r.platform
         );
+        // The controller phase (vfio-pm-vmm driving the real kernel) ran in full too.
+        let ctl = r
+            .report
+            .checks()
+            .filter(|c| c.name.starts_with("ctl-"))
+            .count();
+        assert!(
+            ctl >= 18,
+            "{} {}: only {ctl} controller checks\n{summary}",
+            r.kernel.release,
+            r.platform
+        );
         if r.platform == xtask::Platform::D3Cold {
             for name in [
                 "host-trap-decodes",
