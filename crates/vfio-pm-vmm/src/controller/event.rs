@@ -81,6 +81,7 @@ pub enum HostCall {
     /// `LOW_POWER_EXIT`.
     Exit,
     /// Writing `d3cold_allowed`.
+    #[serde(rename = "d3cold_allowed")]
     D3ColdAllowed(bool),
     /// Fallback: PMCSR PowerState = D3hot through the config region.
     PmcsrD3Hot,
