@@ -13,7 +13,8 @@
 //! width = 1           # access width in bytes: 1, 2 or 4 (8 too for mmio)
 //!
 //! [wake]
-//! route = "gpe"       # "gpe": a \_GPE._Exx/_Lxx method per device; "ged": \_SB.VPMW (slot)
+//! route = "gpe"       # "gpe": a \_GPE._Exx/_Lxx method per device; "ged": \_SB.VPMW (slot);
+//!                     # "pcie_pme": PME message to the device's virtual PCIe root port
 //! trigger = "edge"    # gpe only: "edge" (_Exx) or "level" (_Lxx)
 //!
 //! [[devices]]
@@ -28,7 +29,10 @@
 //!
 //! Per device, optional keys: `wakeup` (`"auto"` | `"always"` | `"never"`, see [`WakeupMode`]),
 //! `pme_support` (default false), `has_pm_capability` (default true), `hotplug_eject` (default false),
-//! `root_port` (ACPI path of the upstream virtual root port), `power_resource` (override the
+//! `root_port` (ACPI path of the upstream virtual root port), `root_port_bdf` (that root port's
+//! guest PCI address, e.g. `"0000:00:1c.0"`; needed for the `pcie_pme` route, given once per root
+//! port and equal wherever repeated), `wake_route` (`"gpe"` | `"ged"` | `"pcie_pme"`: this device's
+//! route instead of `[wake] route`), `power_resource` (override the
 //! generated `PRxx` name), `node` (`"existing"`: the DSDT already has the device node, the SSDT adds to
 //! it with `Scope`; `"declare"`: the SSDT declares `Device (...)` with `_ADR`). Optional `[table]`:
 //! `oem_id` (≤ 6 chars), `oem_table_id` (≤ 8 chars), `oem_revision`.
@@ -304,6 +308,13 @@ pub enum WakeRoute {
     /// Hardware-reduced ACPI: the VMM's generic event device `_EVT` handler calls
     /// `\_SB.VPMW (slot)`, which does `Notify (device, 2)` for that device slot.
     Ged,
+    /// Native PCIe PME: the VMM sets PME_Status in the device's emulated PMCSR and sends a
+    /// PM_PME message to the device's virtual root port (`root_port`, `root_port_bdf`), whose
+    /// Root Status takes the device's requester ID and whose interrupt the guest's PCIe PME
+    /// service driver handles. No AML wake method. Needs `pme_support = true`: a guest does not
+    /// enable PME on a device whose PMC advertises none.
+    #[serde(rename = "pcie_pme")]
+    PciePme,
 }
 
 /// GPE method flavour for [`WakeRoute::Gpe`].
@@ -391,7 +402,7 @@ fn one() -> i64 {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct WakeFile {
-    /// GPE or GED.
+    /// GPE, GED or PCIe PME (the default for devices without `wake_route`).
     pub route: WakeRoute,
     /// Edge or level GPE methods.
     pub trigger: GpeTrigger,
@@ -430,6 +441,12 @@ pub struct DeviceFile {
     /// ACPI path of the upstream virtual root port, if any.
     #[serde(default)]
     pub root_port: Option<String>,
+    /// Guest PCI address of the upstream virtual root port (needed for [`WakeRoute::PciePme`]).
+    #[serde(default)]
+    pub root_port_bdf: Option<String>,
+    /// This device's wake route, overriding `[wake] route`.
+    #[serde(default)]
+    pub wake_route: Option<WakeRoute>,
     /// GPE number for [`WakeRoute::Gpe`].
     #[serde(default)]
     pub gpe: Option<i64>,
@@ -632,6 +649,42 @@ pub enum Problem {
     /// A power resource name on a device that gets no power resource.
     #[error("power_resource is set but d3cold = false: only D3cold devices get a power resource")]
     UnusedPowerResource,
+    /// The `pcie_pme` route without a virtual root port above the device.
+    #[error("wake route \"pcie_pme\" delivers through the device's virtual PCIe root port: set root_port (and root_port_bdf), or choose another route")]
+    PciePmeNeedsRootPort,
+    /// The `pcie_pme` route on a root port whose PCI address no device gives.
+    #[error("wake route \"pcie_pme\" needs the PCI address of root port {root_port}: set root_port_bdf, e.g. \"0000:00:1c.0\"")]
+    MissingRootPortBdf {
+        /// The root port's ACPI path.
+        root_port: String,
+    },
+    /// The `pcie_pme` route on a device that advertises no PME support.
+    #[error("wake route \"pcie_pme\" with pme_support = false: the guest never enables PME_En on a device whose PMC advertises no PME support, so no wake would reach it; set pme_support = true or choose another route")]
+    PciePmeNeedsPmeSupport,
+    /// `root_port_bdf` without `root_port`.
+    #[error("root_port_bdf is set but root_port is not: name the root port's ACPI path too")]
+    UnusedRootPortBdf,
+    /// Two devices give different PCI addresses for the same root port.
+    #[error("root port {root_port} is {bdf} here but {other_bdf} in devices[{other}]")]
+    RootPortBdfConflict {
+        /// The root port's ACPI path.
+        root_port: String,
+        /// The address given here.
+        bdf: String,
+        /// The address the other device gives.
+        other_bdf: String,
+        /// The other device's index.
+        other: usize,
+    },
+    /// The device's address cannot be below its root port (other domain, or a bus number not
+    /// above the root port's).
+    #[error("{device} cannot be below root port {root_port}: a device behind a root port is in its domain on a higher bus number")]
+    NotBelowRootPort {
+        /// The device's address.
+        device: String,
+        /// The root port's address.
+        root_port: String,
+    },
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -663,7 +716,7 @@ pub struct TrapRegister {
 /// The wake route, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WakeConfig {
-    /// GPE or GED.
+    /// The default route (devices may override it: [`DeviceConfig::route`]).
     pub route: WakeRoute,
     /// GPE method flavour.
     pub trigger: GpeTrigger,
@@ -696,6 +749,11 @@ pub struct DeviceConfig {
     pub hotplug_eject: bool,
     /// Upstream virtual root port.
     pub root_port: Option<AcpiPath>,
+    /// Guest PCI address of the upstream root port, if the configuration gives it (for any device
+    /// behind that root port).
+    pub root_port_bdf: Option<PciAddress>,
+    /// This device's wake route (its `wake_route`, else `[wake] route`).
+    pub route: WakeRoute,
     /// GPE number (GPE route with wake).
     pub gpe: Option<u8>,
     /// Full path of the device's power resource (D3cold devices only).
@@ -705,9 +763,15 @@ pub struct DeviceConfig {
 }
 
 impl DeviceConfig {
-    /// Whether the device gets a wake method (GPE method or GED branch).
+    /// Whether the device gets wake plumbing (GPE method, GED branch or root port PME).
     pub fn has_wake(&self) -> bool {
         self.wakeup != WakeupMode::Never
+    }
+
+    /// The device's PCIe requester ID as its root port reports it in Root Status:
+    /// `bus << 8 | devfn` of the guest PCI address.
+    pub fn requester_id(&self) -> u16 {
+        (u16::from(self.pci_address.bus) << 8) | u16::from(self.pci_address.devfn())
     }
 
     /// Whether the device gets `_PRW` (GPE route only; see [`WakeupMode`]).
@@ -730,6 +794,18 @@ impl DeviceConfig {
     }
 }
 
+/// A virtual root port some configured device sits behind, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RootPortConfig {
+    /// ACPI path of the root port node.
+    pub acpi_path: AcpiPath,
+    /// Its guest PCI address, if given (`root_port_bdf`); always given when a device behind it
+    /// uses [`WakeRoute::PciePme`].
+    pub pci_address: Option<PciAddress>,
+    /// The devices behind it, in slot order.
+    pub devices: Vec<crate::trap::DeviceSlot>,
+}
+
 /// A validated configuration: everything [`crate::aml::build_ssdt`] and
 /// [`crate::trap::TrapDecoder`] need.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -738,6 +814,7 @@ pub struct VmmConfig {
     trap: TrapRegister,
     wake: WakeConfig,
     devices: Vec<DeviceConfig>,
+    root_ports: Vec<RootPortConfig>,
 }
 
 fn invalid(field: impl Into<String>, problem: Problem) -> ConfigError {
@@ -818,11 +895,13 @@ impl VmmConfig {
             devices.push(validate_device(i, d, wake)?);
         }
         check_clashes(&devices)?;
+        let root_ports = validate_root_ports(&mut devices)?;
         Ok(Self {
             table,
             trap,
             wake,
             devices,
+            root_ports,
         })
     }
 
@@ -844,6 +923,11 @@ impl VmmConfig {
     /// The devices in slot order.
     pub fn devices(&self) -> &[DeviceConfig] {
         &self.devices
+    }
+
+    /// The distinct virtual root ports, in order of first use by a device.
+    pub fn root_ports(&self) -> &[RootPortConfig] {
+        &self.root_ports
     }
 }
 
@@ -972,8 +1056,27 @@ fn validate_device(
         }
         None => None,
     };
-    let wants_gpe = wake.route == WakeRoute::Gpe && d.wakeup != WakeupMode::Never;
-    if d.wakeup == WakeupMode::Always && wake.route != WakeRoute::Gpe {
+    let root_port_bdf = match (&d.root_port_bdf, &root_port) {
+        (None, _) => None,
+        (Some(_), None) => return Err(invalid(f("root_port_bdf"), Problem::UnusedRootPortBdf)),
+        (Some(text), Some(_)) => {
+            let bdf = text
+                .parse::<PciAddress>()
+                .map_err(|e| invalid(f("root_port_bdf"), Problem::BadPciAddress(e)))?;
+            Some(bdf)
+        }
+    };
+    let route = d.wake_route.unwrap_or(wake.route);
+    if route == WakeRoute::PciePme && d.wakeup != WakeupMode::Never {
+        if root_port.is_none() {
+            return Err(invalid(f("root_port"), Problem::PciePmeNeedsRootPort));
+        }
+        if !d.pme_support {
+            return Err(invalid(f("pme_support"), Problem::PciePmeNeedsPmeSupport));
+        }
+    }
+    let wants_gpe = route == WakeRoute::Gpe && d.wakeup != WakeupMode::Never;
+    if d.wakeup == WakeupMode::Always && route != WakeRoute::Gpe {
         return Err(invalid(f("wakeup"), Problem::PrwNeedsGpe));
     }
     let gpe = match (d.gpe, wants_gpe) {
@@ -1024,6 +1127,8 @@ fn validate_device(
         has_pm_capability: d.has_pm_capability,
         hotplug_eject: d.hotplug_eject,
         root_port,
+        root_port_bdf,
+        route,
         gpe,
         power_resource,
         node: d.node,
@@ -1108,4 +1213,123 @@ fn check_clashes(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Groups the devices by root port, resolves each root port's PCI address (given once, equal
+/// wherever repeated) into every device behind it, and checks the `pcie_pme` devices have one.
+fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfig>, ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
+    let mut ports: Vec<(RootPortConfig, Option<usize>)> = Vec::new();
+    for (i, d) in devices.iter().enumerate() {
+        let Some(rp) = &d.root_port else { continue };
+        let k = match ports.iter().position(|(p, _)| p.acpi_path == *rp) {
+            Some(k) => k,
+            None => {
+                ports.push((
+                    RootPortConfig {
+                        acpi_path: rp.clone(),
+                        pci_address: None,
+                        devices: Vec::new(),
+                    },
+                    None,
+                ));
+                ports.len() - 1
+            }
+        };
+        let (port, given_by) = &mut ports[k];
+        port.devices.push(d.slot);
+        if let Some(bdf) = d.root_port_bdf {
+            match (port.pci_address, *given_by) {
+                (Some(other_bdf), Some(other)) if other_bdf != bdf => {
+                    return Err(invalid(
+                        f(i, "root_port_bdf"),
+                        Problem::RootPortBdfConflict {
+                            root_port: rp.asl(),
+                            bdf: bdf.to_string(),
+                            other_bdf: other_bdf.to_string(),
+                            other,
+                        },
+                    ));
+                }
+                (Some(_), _) => {}
+                (None, _) => {
+                    port.pci_address = Some(bdf);
+                    *given_by = Some(i);
+                }
+            }
+        }
+    }
+    // Distinct root ports have distinct addresses, and no device has a root port's address.
+    for (k, (p, given_by)) in ports.iter().enumerate() {
+        let (Some(bdf), Some(i)) = (p.pci_address, *given_by) else {
+            continue;
+        };
+        for (q, other) in ports[..k].iter() {
+            if let (Some(b), Some(j)) = (q.pci_address, *other) {
+                if b == bdf {
+                    return Err(invalid(
+                        f(i, "root_port_bdf"),
+                        Problem::Duplicate {
+                            value: format!("{bdf} (root port {})", q.acpi_path.asl()),
+                            other: j,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Some(j) = devices.iter().position(|d| d.pci_address == bdf) {
+            return Err(invalid(
+                f(i, "root_port_bdf"),
+                Problem::Duplicate {
+                    value: format!("{bdf} (the device's pci_address)"),
+                    other: j,
+                },
+            ));
+        }
+    }
+    for (i, d) in devices.iter_mut().enumerate() {
+        let Some(rp) = &d.root_port else { continue };
+        let Some((port, _)) = ports.iter().find(|(p, _)| p.acpi_path == *rp) else {
+            continue;
+        };
+        if let Some(bdf) = port.pci_address {
+            let device = d.pci_address;
+            if bdf.domain != device.domain || bdf.bus >= device.bus {
+                return Err(invalid(
+                    f(i, "pci_address"),
+                    Problem::NotBelowRootPort {
+                        device: device.to_string(),
+                        root_port: bdf.to_string(),
+                    },
+                ));
+            }
+        }
+        d.root_port_bdf = port.pci_address;
+        if d.route == WakeRoute::PciePme && d.has_wake() && d.root_port_bdf.is_none() {
+            return Err(invalid(
+                f(i, "root_port_bdf"),
+                Problem::MissingRootPortBdf {
+                    root_port: rp.asl(),
+                },
+            ));
+        }
+    }
+    // The root ports' PME queues and the notifier key on the requester ID.
+    for (i, d) in devices.iter().enumerate() {
+        if d.route != WakeRoute::PciePme || !d.has_wake() {
+            continue;
+        }
+        if let Some(j) = devices[..i].iter().position(|e| {
+            e.route == WakeRoute::PciePme && e.has_wake() && e.requester_id() == d.requester_id()
+        }) {
+            return Err(invalid(
+                f(i, "pci_address"),
+                Problem::Duplicate {
+                    value: format!("requester ID {:#06x}", d.requester_id()),
+                    other: j,
+                },
+            ));
+        }
+    }
+    Ok(ports.into_iter().map(|(p, _)| p).collect())
 }

@@ -15,18 +15,29 @@
 //!
 //! Notifications reach the guest through a [`GuestInbox`], a [`GuestNotifier`] given to the
 //! manager; [`SimulatedGuest::handle_wakes`] takes them like the guest's interrupt handler.
+//!
+//! - **PCIe PME** (`pcie_pme` route), like Linux's `pcie_pme` service driver: at probe
+//!   ([`SimulatedGuest::probe_pcie_pme`]) clear Root Status PME Status and set Root Control PME
+//!   Interrupt Enable; on the root port's interrupt
+//!   ([`SimulatedGuest::handle_root_port_interrupt`]) disable PME Interrupt Enable, then while
+//!   Root Status has PME Status: take the requester ID, clear PME Status (RW1C, which loads the
+//!   next pending requester), find the device (by requester ID, else any device behind the port)
+//!   with PME_Status in its PMCSR, clear PME_Status and PME_En (`pci_check_pme_status`) and
+//!   resume it; finally re-enable PME Interrupt Enable.
 
 use crate::config::TrapSpace;
 use crate::controller::RequestOutcome;
 use crate::pme::{
     Delivery, GuestNotifier, NotifyError, WakeRoute, PMCSR_OFFSET, PMCSR_PME_EN, PMCSR_PME_STATUS,
-    PMC_OFFSET, PMC_PME_D3COLD,
+    PMC_OFFSET, PMC_PME_D3COLD, ROOT_CONTROL_OFFSET, ROOT_CTL_PME_IE, ROOT_PME_QUEUE_LEN,
+    ROOT_STATUS_OFFSET, ROOT_STA_PME_STATUS,
 };
 use crate::trap::{DeviceSlot, PowerAction};
 use crate::vmm::{trap_bytes, VmmError, VmmPowerManager};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
+use vfio_pm::PciAddress;
 
 /// PMCSR PowerState value for D3hot.
 const PMCSR_D3HOT: u32 = 0x3;
@@ -151,6 +162,8 @@ struct GuestDevice {
     power: GuestPower,
     has_power_resource: bool,
     route: WakeRoute,
+    requester_id: u16,
+    root_port: Option<PciAddress>,
 }
 
 /// A Linux guest's runtime PM of the configured devices (see the module docs).
@@ -173,6 +186,8 @@ impl SimulatedGuest {
                     power: GuestPower::D0,
                     has_power_resource: d.power_resource.is_some(),
                     route: vpm.wake_route(s)?,
+                    requester_id: d.requester_id(),
+                    root_port: d.root_port_bdf,
                 })
             })
             .collect();
@@ -295,7 +310,10 @@ impl SimulatedGuest {
     }
 
     /// Takes the pending notifications and acts on each like Linux: `Notify (dev, 2)` for a
-    /// device in D3cold resumes it; for a device that is on, nothing happens.
+    /// device in D3cold resumes it; for a device that is on, nothing happens. Then takes the
+    /// root ports' PME interrupts: each root port whose interrupt eventfd
+    /// ([`VmmPowerManager::root_port_irqfd`], non-blocking by default) has a count is handled with
+    /// [`SimulatedGuest::handle_root_port_interrupt`].
     pub fn handle_wakes(
         &mut self,
         vpm: &mut VmmPowerManager,
@@ -304,7 +322,143 @@ impl SimulatedGuest {
         while let Some(h) = self.handle_next_wake(vpm)? {
             out.push(h);
         }
+        let ports: Vec<PciAddress> = vpm.root_ports().collect();
+        for port in ports {
+            let fired = vpm
+                .root_port_irqfd(port)
+                .is_some_and(|fd| fd.read().is_ok_and(|n| n > 0));
+            if fired {
+                out.extend(self.handle_root_port_interrupt(vpm, port)?);
+            }
+        }
         Ok(out)
+    }
+
+    /// Root ports with a device behind them on the PCIe PME route.
+    fn pme_root_ports(&self) -> Vec<PciAddress> {
+        let mut ports = Vec::new();
+        for d in &self.devices {
+            if let (WakeRoute::PciPme { .. }, Some(p)) = (d.route, d.root_port) {
+                if !ports.contains(&p) {
+                    ports.push(p);
+                }
+            }
+        }
+        ports
+    }
+
+    /// The PCIe PME service driver's probe on every root port with a `pcie_pme` device behind
+    /// it: clear Root Status PME Status (RW1C), then set Root Control PME Interrupt Enable
+    /// (read-modify-write). Returns the root ports probed.
+    pub fn probe_pcie_pme(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+    ) -> Result<Vec<PciAddress>, GuestError> {
+        let ports = self.pme_root_ports();
+        for &port in &ports {
+            vpm.on_root_port_config_write(port, ROOT_STATUS_OFFSET, 4, ROOT_STA_PME_STATUS)?;
+            let ctl = vpm.on_root_port_config_read(port, ROOT_CONTROL_OFFSET, 2)?;
+            vpm.on_root_port_config_write(
+                port,
+                ROOT_CONTROL_OFFSET,
+                2,
+                ctl | u32::from(ROOT_CTL_PME_IE),
+            )?;
+        }
+        Ok(ports)
+    }
+
+    /// The root port's PME interrupt, handled like Linux's `pcie_pme_irq` + `pcie_pme_work_fn`
+    /// (see the module docs). Returns one [`WakeHandled`] per PME request taken from Root Status
+    /// (empty: PME Status was clear, the interrupt was not ours).
+    pub fn handle_root_port_interrupt(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+        port: PciAddress,
+    ) -> Result<Vec<WakeHandled>, GuestError> {
+        let mut out = Vec::new();
+        let rtsta = vpm.on_root_port_config_read(port, ROOT_STATUS_OFFSET, 4)?;
+        if rtsta & ROOT_STA_PME_STATUS == 0 {
+            return Ok(out);
+        }
+        let ctl = vpm.on_root_port_config_read(port, ROOT_CONTROL_OFFSET, 2)?;
+        let pme_ie = u32::from(ROOT_CTL_PME_IE);
+        vpm.on_root_port_config_write(port, ROOT_CONTROL_OFFSET, 2, ctl & !pme_ie)?;
+        // Each pass takes one request; the queue bounds how many can follow.
+        for _ in 0..=ROOT_PME_QUEUE_LEN {
+            let rtsta = vpm.on_root_port_config_read(port, ROOT_STATUS_OFFSET, 4)?;
+            if rtsta & ROOT_STA_PME_STATUS == 0 {
+                break;
+            }
+            let requester_id = rtsta as u16;
+            vpm.on_root_port_config_write(port, ROOT_STATUS_OFFSET, 4, ROOT_STA_PME_STATUS)?;
+            out.push(self.pme_request(vpm, port, requester_id)?);
+        }
+        vpm.on_root_port_config_write(port, ROOT_CONTROL_OFFSET, 2, ctl | pme_ie)?;
+        Ok(out)
+    }
+
+    /// `pci_check_pme_status` on one device: PME_Status set → write it back to clear it, with
+    /// PME_En cleared; true if it was set.
+    fn check_pme_status(
+        &self,
+        vpm: &mut VmmPowerManager,
+        slot: DeviceSlot,
+    ) -> Result<bool, GuestError> {
+        let pmcsr = vpm.on_pm_config_read(slot, PMCSR_OFFSET, 2)?;
+        if pmcsr & u32::from(PMCSR_PME_STATUS) == 0 {
+            return Ok(false);
+        }
+        let v = (pmcsr | u32::from(PMCSR_PME_STATUS)) & !u32::from(PMCSR_PME_EN);
+        vpm.on_pm_config_write(slot, PMCSR_OFFSET, 2, v)?;
+        Ok(true)
+    }
+
+    /// `pcie_pme_handle_request`: the device with this requester ID behind `port`, else every
+    /// device behind `port` (`pcie_pme_walk_bus`), whose PME_Status is set gets resumed.
+    fn pme_request(
+        &mut self,
+        vpm: &mut VmmPowerManager,
+        port: PciAddress,
+        requester_id: u16,
+    ) -> Result<WakeHandled, GuestError> {
+        let behind: Vec<(DeviceSlot, u16)> = self
+            .devices
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.root_port == Some(port))
+            .filter_map(|(i, d)| Some((DeviceSlot::new(i as u8)?, d.requester_id)))
+            .collect();
+        let exact: Vec<DeviceSlot> = behind
+            .iter()
+            .filter(|(_, rid)| *rid == requester_id)
+            .map(|(s, _)| *s)
+            .collect();
+        let candidates = if exact.is_empty() {
+            behind.iter().map(|(s, _)| *s).collect()
+        } else {
+            exact
+        };
+        let mut device = None;
+        for s in candidates {
+            if self.check_pme_status(vpm, s)? {
+                device = Some(s);
+                break;
+            }
+        }
+        let resumed = match device {
+            Some(s) if self.power(s) == Some(GuestPower::D3Cold) => {
+                let mut step = self.runtime_resume(vpm, s, Reason::Wake)?;
+                step.pme_status_seen = true;
+                Some(step)
+            }
+            _ => None,
+        };
+        Ok(WakeHandled {
+            route: WakeRoute::PciPme { requester_id },
+            device: device.map(DeviceSlot::index),
+            resumed,
+        })
     }
 
     /// Like [`SimulatedGuest::handle_wakes`], for the oldest pending notification only

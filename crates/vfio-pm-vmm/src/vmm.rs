@@ -22,8 +22,17 @@
 //! Whatever route a host wake takes to the guest (ACPI GPE, GED, or a PCIe root port PME), the
 //! manager first sets PME_Status in that device's emulated PMCSR, so a guest that scans PME
 //! status (Linux `pci_check_pme_status`, `pci_pme_active(false)` on resume) finds and clears it.
-//! With the PCIe root port route, hand the same capability ([`VmmBuilder::pm_capability`]) to
-//! [`crate::pme::EventFdNotifier::add_pci`].
+//!
+//! ## PCIe root port PME (`pcie_pme` route)
+//! The manager owns one [`RootPortPme`] (Root Control / Root Status, pending queue) and one
+//! interrupt [`EventFd`] per configured root port with a PCI address (`root_port_bdf`). Route
+//! the guest's config accesses to the root port's PCIe capability, Root Control..Root Status,
+//! to [`VmmPowerManager::on_root_port_config_read`] / [`VmmPowerManager::on_root_port_config_write`]
+//! and register [`VmmPowerManager::root_port_irqfd`] with KVM as an irqfd for the root port's
+//! interrupt (or give the manager your own with [`VmmBuilder::set_root_port_irqfd`]). A host wake
+//! of a `pcie_pme` device never reaches the VMM's notifier: the manager sets PME_Status in the
+//! device's PMCSR and, only if PME_En is set, sends the PME message (the device's requester ID)
+//! to its root port, which writes the irqfd if PME Interrupt Enable is set.
 
 use crate::aml;
 use crate::config::{DeviceConfig, TrapRegister, TrapSpace, VmmConfig, WakeRoute as AcpiWake};
@@ -34,8 +43,9 @@ use crate::controller::{
     DEFAULT_MIN_RESIDENCY,
 };
 use crate::pme::{
-    Delivery, GuestNotifier, NotifyError, PciPowerState, PmCapability, PmCapabilityConfig,
-    PmWriteOutcome, RegisterError, WakeRoute, PMC_PME_D0, PMC_PME_D3COLD, PMC_PME_D3HOT,
+    Delivery, EventFdNotifier, GuestNotifier, NotifyError, PciPowerState, PmCapability,
+    PmCapabilityConfig, PmWriteOutcome, RegisterError, RootPortPme, WakeRoute, PMC_PME_D0,
+    PMC_PME_D3COLD, PMC_PME_D3HOT,
 };
 use crate::trap::{DeviceSlot, PowerAction, TrapDecoder, TrapError, TrapEvent};
 use std::fmt;
@@ -43,6 +53,7 @@ use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 use vfio_pm::{HostDevice, PciAddress};
+use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
 /// Errors of the VMM adapter. A guest-caused error (bad trap write, bad PM capability access)
 /// leaves every state untouched.
@@ -66,6 +77,28 @@ pub enum VmmError {
     /// A malformed PM capability access (width, range). Nothing changed.
     #[error("PM capability access: {0}")]
     PmRegister(#[from] RegisterError),
+    /// No configured root port has this PCI address (`root_port_bdf`).
+    #[error("no configured root port at {0}")]
+    UnknownRootPort(PciAddress),
+    /// A malformed root port register access (width, outside Root Control..Root Status).
+    /// Nothing changed.
+    #[error("root port {port} PME registers: {source}")]
+    RootPortRegister {
+        /// The root port.
+        port: PciAddress,
+        /// Why.
+        #[source]
+        source: RegisterError,
+    },
+    /// Creating or writing a root port interrupt eventfd failed.
+    #[error("root port {port} interrupt eventfd: {source}")]
+    RootPortIrqfd {
+        /// The root port.
+        port: PciAddress,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Putting a host device under control failed.
     #[error("adding host device {address} for slot {slot}: {source}")]
     AddDevice {
@@ -89,7 +122,11 @@ impl VmmError {
     pub fn is_guest_error(&self) -> bool {
         matches!(
             self,
-            Self::Trap(_) | Self::PmRegister(_) | Self::UnknownSlot(_)
+            Self::Trap(_)
+                | Self::PmRegister(_)
+                | Self::UnknownSlot(_)
+                | Self::UnknownRootPort(_)
+                | Self::RootPortRegister { .. }
         )
     }
 }
@@ -98,13 +135,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The wake route a configured device uses: its GPE for the GPE route (the AML's
-/// `\_GPE._Exx` does `Notify (dev, 2)`), or GED event bit = slot for the GED route (the VMM's
-/// `_EVT` calls `\_SB.VPMW (slot)`).
+/// The wake route a configured device uses ([`DeviceConfig::route`]): its GPE for the GPE route
+/// (the AML's `\_GPE._Exx` does `Notify (dev, 2)`), GED event bit = slot for the GED route (the
+/// VMM's `_EVT` calls `\_SB.VPMW (slot)`), or a PCI PME with the device's requester ID
+/// (`bus << 8 | devfn`, [`DeviceConfig::requester_id`]) for the `pcie_pme` route.
 pub fn wake_route_for(config: &VmmConfig, device: &DeviceConfig) -> WakeRoute {
-    match (config.wake().route, device.gpe) {
+    // The route is per device now ([`DeviceConfig::route`] already resolves `[wake] route`).
+    let _ = config;
+    match (device.route, device.gpe) {
         (AcpiWake::Gpe, Some(gpe)) => WakeRoute::AcpiGpe {
             gpe: u16::from(gpe),
+        },
+        (AcpiWake::PciePme, _) => WakeRoute::PciPme {
+            requester_id: device.requester_id(),
         },
         _ => WakeRoute::Ged {
             event: u32::from(device.slot.index()),
@@ -169,7 +212,8 @@ pub struct SsdtSummary {
     pub root_ports: usize,
     /// The trap register.
     pub trap: TrapRegister,
-    /// How wakes reach the guest, as ASL names (`\_GPE._E10`, `\_SB.VPMW`).
+    /// How wakes reach the guest: ASL names of the wake methods doing `Notify (dev, 2)`
+    /// (`\_GPE._E10`, `\_SB.VPMW`), and `PCIe PME via <root port>` for the `pcie_pme` route.
     pub wake: Vec<String>,
 }
 
@@ -185,23 +229,23 @@ impl SsdtSummary {
                 }
             }
         }
-        let wake = match config.wake().route {
-            AcpiWake::Gpe => devices
-                .iter()
-                .filter(|d| d.has_wake())
-                .filter_map(|d| d.gpe)
-                .map(|g| {
-                    format!(
-                        "\\_GPE.{}",
-                        aml::gpe_method_name(g, config.wake().trigger).as_str()
-                    )
-                })
-                .collect(),
-            AcpiWake::Ged if devices.iter().any(|d| d.has_wake()) => {
-                vec![format!("\\_SB.{}", aml::GED_METHOD)]
+        let mut wake: Vec<String> = Vec::new();
+        let mut push = |w: String| {
+            if !wake.contains(&w) {
+                wake.push(w);
             }
-            AcpiWake::Ged => Vec::new(),
         };
+        for d in devices.iter().filter(|d| d.has_wake()) {
+            match (d.route, d.gpe, &d.root_port) {
+                (AcpiWake::Gpe, Some(g), _) => push(format!(
+                    "\\_GPE.{}",
+                    aml::gpe_method_name(g, config.wake().trigger).as_str()
+                )),
+                (AcpiWake::Ged, _, _) => push(format!("\\_SB.{}", aml::GED_METHOD)),
+                (AcpiWake::PciePme, _, Some(rp)) => push(format!("PCIe PME via {}", rp.asl())),
+                _ => {}
+            }
+        }
         Self {
             bytes: aml::build_ssdt(config).len(),
             power_resources: devices
@@ -238,11 +282,19 @@ impl fmt::Display for SsdtSummary {
         if self.root_ports > 0 {
             write!(f, " and {} root port(s)", self.root_ports)?;
         }
+        let (pme, acpi): (Vec<&String>, Vec<&String>) =
+            self.wake.iter().partition(|w| w.starts_with("PCIe PME"));
         if self.wake.is_empty() {
-            write!(f, ", no wake methods")
-        } else {
-            write!(f, ", Notify(dev, 2) from {}", self.wake.join(" "))
+            write!(f, ", no wake methods")?;
         }
+        if !acpi.is_empty() {
+            let names: Vec<&str> = acpi.iter().map(|s| s.as_str()).collect();
+            write!(f, ", Notify(dev, 2) from {}", names.join(" "))?;
+        }
+        for p in pme {
+            write!(f, ", {p}")?;
+        }
+        Ok(())
     }
 }
 
@@ -270,15 +322,23 @@ pub struct PmConfigWrite {
     pub forward_power_state: Option<PciPowerState>,
 }
 
-/// Sets PME_Status in the emulated PM capability of every device on the route, then delivers
-/// through the VMM's notifier.
+/// Root port PME routes the manager owns go to its own [`EventFdNotifier`] (PME_Status if
+/// PME_En, PME message, root port irqfd). Every other route: sets PME_Status in the emulated PM
+/// capability of every device on the route, then delivers through the VMM's notifier.
 struct PmeStatusNotifier {
     inner: Box<dyn GuestNotifier>,
     targets: Vec<(WakeRoute, Arc<Mutex<PmCapability>>)>,
+    root_ports: EventFdNotifier,
+    root_port_rids: Vec<u16>,
 }
 
 impl GuestNotifier for PmeStatusNotifier {
     fn notify(&self, route: WakeRoute) -> Result<Delivery, NotifyError> {
+        if let WakeRoute::PciPme { requester_id } = route {
+            if self.root_port_rids.contains(&requester_id) {
+                return self.root_ports.notify(route);
+            }
+        }
         for (r, cap) in &self.targets {
             if *r == route {
                 lock(cap).signal_pme();
@@ -294,6 +354,13 @@ struct Managed {
     pm: Arc<Mutex<PmCapability>>,
 }
 
+struct ManagedRootPort {
+    bdf: PciAddress,
+    acpi_path: crate::config::AcpiPath,
+    pme: Arc<Mutex<RootPortPme>>,
+    irqfd: Arc<EventFd>,
+}
+
 /// Builds a [`VmmPowerManager`]: defaults from the configuration, per-device adjustments,
 /// and the PM capabilities (shared handles) before the notifier exists.
 pub struct VmmBuilder {
@@ -301,9 +368,27 @@ pub struct VmmBuilder {
     controller: ControllerConfig,
     settings: Vec<DeviceSettings>,
     caps: Vec<Arc<Mutex<PmCapability>>>,
+    irqfds: Vec<(PciAddress, Option<Arc<EventFd>>)>,
 }
 
 impl VmmBuilder {
+    /// Uses `irqfd` (e.g. one already registered with KVM) as the PME interrupt of the root port
+    /// at `port` instead of a new non-blocking eventfd. [`VmmError::UnknownRootPort`] if no
+    /// configured root port has that address.
+    pub fn set_root_port_irqfd(
+        &mut self,
+        port: PciAddress,
+        irqfd: Arc<EventFd>,
+    ) -> Result<(), VmmError> {
+        let slot = self
+            .irqfds
+            .iter_mut()
+            .find(|(bdf, _)| *bdf == port)
+            .ok_or(VmmError::UnknownRootPort(port))?;
+        slot.1 = Some(irqfd);
+        Ok(())
+    }
+
     /// Controller-wide settings (e.g. more devices that need the wakeup variant).
     pub fn controller_config(mut self, config: ControllerConfig) -> Self {
         self.controller = config;
@@ -361,9 +446,51 @@ impl VmmBuilder {
             .zip(&self.caps)
             .map(|(s, c)| (s.route, c.clone()))
             .collect();
+        let mut root_ports = Vec::with_capacity(self.irqfds.len());
+        for (bdf, irqfd) in self.irqfds {
+            let irqfd = match irqfd {
+                Some(fd) => fd,
+                None => Arc::new(
+                    EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)
+                        .map_err(|source| VmmError::RootPortIrqfd { port: bdf, source })?,
+                ),
+            };
+            let acpi_path = self
+                .config
+                .root_ports()
+                .iter()
+                .find(|p| p.pci_address == Some(bdf))
+                .map(|p| p.acpi_path.clone())
+                .ok_or(VmmError::UnknownRootPort(bdf))?;
+            root_ports.push(ManagedRootPort {
+                bdf,
+                acpi_path,
+                pme: Arc::new(Mutex::new(RootPortPme::new())),
+                irqfd,
+            });
+        }
+        let mut pci = EventFdNotifier::new();
+        let mut root_port_rids = Vec::new();
+        for ((d, s), cap) in self
+            .config
+            .devices()
+            .iter()
+            .zip(&self.settings)
+            .zip(&self.caps)
+        {
+            let (WakeRoute::PciPme { requester_id }, Some(bdf)) = (s.route, d.root_port_bdf) else {
+                continue;
+            };
+            if let Some(rp) = root_ports.iter().find(|rp| rp.bdf == bdf) {
+                pci.add_pci(requester_id, cap.clone(), rp.pme.clone(), rp.irqfd.clone());
+                root_port_rids.push(requester_id);
+            }
+        }
         let notifier = PmeStatusNotifier {
             inner: notifier,
             targets,
+            root_ports: pci,
+            root_port_rids,
         };
         let mut controller = Controller::new(self.controller, Box::new(notifier), clock, sink)?;
         let mut managed = Vec::with_capacity(expected);
@@ -390,6 +517,7 @@ impl VmmBuilder {
             config: self.config,
             controller,
             devices: managed,
+            root_ports,
         })
     }
 }
@@ -401,6 +529,7 @@ pub struct VmmPowerManager {
     ssdt: Vec<u8>,
     controller: Controller,
     devices: Vec<Managed>,
+    root_ports: Vec<ManagedRootPort>,
 }
 
 impl VmmPowerManager {
@@ -416,11 +545,18 @@ impl VmmPowerManager {
             .iter()
             .map(|d| Arc::new(Mutex::new(PmCapability::new(pm_capability_config_for(d)))))
             .collect();
+        let irqfds = config
+            .root_ports()
+            .iter()
+            .filter_map(|p| p.pci_address)
+            .map(|bdf| (bdf, None))
+            .collect();
         VmmBuilder {
             config,
             controller: ControllerConfig::default(),
             settings,
             caps,
+            irqfds,
         }
     }
 
@@ -583,6 +719,78 @@ impl VmmPowerManager {
         })
     }
 
+    fn root_port(&self, port: PciAddress) -> Result<&ManagedRootPort, VmmError> {
+        self.root_ports
+            .iter()
+            .find(|rp| rp.bdf == port)
+            .ok_or(VmmError::UnknownRootPort(port))
+    }
+
+    /// The PCI addresses of the root ports the manager emulates PME for (every configured root
+    /// port with a `root_port_bdf`), in configuration order.
+    pub fn root_ports(&self) -> impl Iterator<Item = PciAddress> + '_ {
+        self.root_ports.iter().map(|rp| rp.bdf)
+    }
+
+    /// The ACPI path of the root port at `port`.
+    pub fn root_port_path(&self, port: PciAddress) -> Option<&crate::config::AcpiPath> {
+        self.root_port(port).ok().map(|rp| &rp.acpi_path)
+    }
+
+    /// The PME interrupt eventfd of the root port at `port`: register it with KVM as the irqfd of
+    /// the root port's interrupt (MSI or INTx). Written once per PME interrupt the root port
+    /// raises.
+    pub fn root_port_irqfd(&self, port: PciAddress) -> Option<Arc<EventFd>> {
+        self.root_port(port).ok().map(|rp| rp.irqfd.clone())
+    }
+
+    /// The PME registers of the root port at `port` (shared handle).
+    pub fn root_port_pme(&self, port: PciAddress) -> Option<Arc<Mutex<RootPortPme>>> {
+        self.root_port(port).ok().map(|rp| rp.pme.clone())
+    }
+
+    /// A guest read of the root port's PME registers: `offset` relative to the root port's PCIe
+    /// capability, within Root Control..Root Status (`0x1c..0x24`, see
+    /// [`crate::pme::ROOT_CONTROL_OFFSET`]), `width` 1, 2 or 4. A malformed access is a
+    /// [`VmmError::RootPortRegister`].
+    pub fn on_root_port_config_read(
+        &self,
+        port: PciAddress,
+        offset: usize,
+        width: usize,
+    ) -> Result<u32, VmmError> {
+        let rp = self.root_port(port)?;
+        let v = lock(&rp.pme)
+            .read(offset, width)
+            .map_err(|source| VmmError::RootPortRegister { port, source })?;
+        Ok(v)
+    }
+
+    /// A guest write of the root port's PME registers (offsets as for
+    /// [`VmmPowerManager::on_root_port_config_read`]): Root Control's PME Interrupt Enable and
+    /// SERR bits, Root Status PME Status write-1-to-clear (which loads the next queued requester,
+    /// if any). Returns true when the write raised the root port's PME interrupt (the irqfd was
+    /// written): PME Interrupt Enable set while PME Status is set, or PME Status cleared with a
+    /// requester pending. A malformed access changes nothing.
+    pub fn on_root_port_config_write(
+        &mut self,
+        port: PciAddress,
+        offset: usize,
+        width: usize,
+        value: u32,
+    ) -> Result<bool, VmmError> {
+        let rp = self.root_port(port)?;
+        let interrupt = lock(&rp.pme)
+            .write(offset, width, value)
+            .map_err(|source| VmmError::RootPortRegister { port, source })?;
+        if interrupt {
+            rp.irqfd
+                .write(1)
+                .map_err(|source| VmmError::RootPortIrqfd { port, source })?;
+        }
+        Ok(interrupt)
+    }
+
     /// The controller's epoll fd: add it to the VMM's event loop; when it is readable, call
     /// [`VmmPowerManager::poll`] with a zero timeout.
     pub fn epoll_fd(&self) -> RawFd {
@@ -627,11 +835,15 @@ impl VmmPowerManager {
     }
 
     /// VM reset: every device leaves low power (nothing stays engaged), postponed entries are
-    /// dropped, the emulated PM capabilities are reset (D0, PME_En and PME_Status clear).
+    /// dropped, the emulated PM capabilities are reset (D0, PME_En and PME_Status clear), and so
+    /// are the root ports' PME registers (PME Interrupt Enable, PME Status, pending queue).
     pub fn reset(&mut self) -> TeardownReport {
         let report = self.controller.reset_vm();
         for m in &self.devices {
             lock(&m.pm).reset();
+        }
+        for rp in &self.root_ports {
+            lock(&rp.pme).reset();
         }
         report
     }

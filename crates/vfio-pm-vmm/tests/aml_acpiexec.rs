@@ -269,3 +269,70 @@ fn d3hot_only_device_has_no_power_resource_but_wakes() {
     );
     assert!(evals.iter().all(|e| e.writes.is_empty()), "{log}");
 }
+
+#[test]
+fn pcie_pme_route_has_no_wake_method_and_keeps_power_objects() {
+    let cfg = config(&pcie_pme());
+    let dec = TrapDecoder::new(&cfg);
+    let ssdt = aml::build_ssdt(&cfg);
+    let (evals, log) = acpiexec(
+        &ssdt,
+        &[
+            "\\_SB.PCI0.RP00.S00._S0W",
+            "\\_SB.PCI0.RP00.S01._S0W",
+            "\\_SB.PCI0.RP00._S0W",
+            "\\_SB.PCI0.RP00.PR00._OFF",
+            "\\_SB.PCI0.RP00.PR01._ON",
+            "\\_GPE._E10",
+            "\\_SB.PCI0.RP00.S00._PRW",
+            "\\_SB.VPMW 0",
+        ],
+    );
+    assert_eq!(evals.len(), 8, "{log}");
+    for (i, e) in evals[..5].iter().enumerate() {
+        assert!(
+            !e.lines.iter().any(|l| l.contains("AE_")),
+            "evaluation {i}\n{log}"
+        );
+    }
+    assert_eq!(evals[0].integer, Some(4), "{log}");
+    assert_eq!(evals[1].integer, Some(4), "{log}");
+    assert_eq!(evals[2].integer, Some(4), "root port _S0W\n{log}");
+    assert_eq!(
+        decode(&dec, &evals[3].writes[0]),
+        TrapEvent {
+            device: slot(0),
+            action: PowerAction::PowerOff
+        }
+    );
+    assert_eq!(
+        decode(&dec, &evals[4].writes[0]),
+        TrapEvent {
+            device: slot(1),
+            action: PowerAction::PowerOn
+        }
+    );
+    // The NIC's per-device GPE route is still there; the PCIe PME devices have no AML wake.
+    assert_eq!(evals[5].notifies, vec![("S28_".to_string(), 2)], "{log}");
+    for e in &evals[6..] {
+        assert!(e.notifies.is_empty(), "{log}");
+        assert!(
+            e.lines.iter().any(|l| l.contains("AE_NOT_FOUND")),
+            "no _PRW, no GED method\n{log}"
+        );
+    }
+    let asl = aml::disassemble(&ssdt).unwrap();
+    let gpe = asl.split("Scope (\\_GPE)").nth(1).unwrap_or("");
+    assert!(!gpe.contains("RP00"), "{asl}");
+    assert!(!asl.contains("_PRW"), "{asl}");
+    let port = asl.split("Scope (\\_SB.PCI0.RP00)").last().unwrap();
+    for obj in [
+        "_PR0",
+        "_PR3",
+        "_S0W",
+        "\\_SB.PCI0.RP00.PR00",
+        "\\_SB.PCI0.RP00.PR01",
+    ] {
+        assert!(port.contains(obj), "{obj}\n{asl}");
+    }
+}

@@ -50,6 +50,11 @@
 //! * Wake, GED route (hardware-reduced ACPI): `\_SB.VPMW (slot)` does `Notify (dev, 2)` for the
 //!   device in that slot. The VMM's generic event device `_EVT` handler calls it, e.g.
 //!   `If (events & VFIO_PM_WAKE) { \_SB.VPMW (slot_register) }`.
+//! * Wake, PCIe PME route (`pcie_pme`): no AML at all, no `_PRW`. The wake is native: PME_Status
+//!   in the device's PMCSR and a PM_PME message to the root port, whose interrupt the guest's PCIe
+//!   PME service driver handles. The endpoint and the root port keep `_PR0`/`_PR3`/`_S0W`.
+//!
+//! The route is per device ([`DeviceConfig::route`]), so one table can mix them.
 
 pub mod ops;
 pub mod tools;
@@ -221,12 +226,13 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
         Scope::new(abs(rp), children).to_aml_bytes(&mut out);
     }
 
-    // GPE methods.
-    if config.wake().route == WakeRoute::Gpe {
+    // GPE methods (devices on the GPE route only; a `pcie_pme` device's wake is the guest's PCIe
+    // PME service driver handling its root port's interrupt, no AML).
+    {
         let trigger = config.wake().trigger;
         let methods: Vec<(NameSeg, &AcpiPath)> = devices
             .iter()
-            .filter(|d| d.has_wake())
+            .filter(|d| d.has_wake() && d.route == WakeRoute::Gpe)
             .filter_map(|d| d.gpe.map(|g| (gpe_method_name(g, trigger), &d.acpi_path)))
             .collect();
         if !methods.is_empty() {
@@ -276,7 +282,11 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
 
     // GED wake method: If (Arg0 == slot) { Notify (dev, 2) } per device with wake.
     let two: u8 = 2;
-    let woken: Vec<&DeviceConfig> = config.devices().iter().filter(|d| d.has_wake()).collect();
+    let woken: Vec<&DeviceConfig> = config
+        .devices()
+        .iter()
+        .filter(|d| d.has_wake() && d.route == WakeRoute::Ged)
+        .collect();
     let slots: Vec<u8> = woken.iter().map(|d| d.slot.index()).collect();
     let conds: Vec<Equal> = slots.iter().map(|s| Equal::new(&Arg(0), s)).collect();
     let notifies: Vec<Notify> = woken
@@ -294,7 +304,7 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
         false,
         ifs.iter().map(|i| i as &dyn Aml).collect(),
     );
-    if config.wake().route == WakeRoute::Ged && !woken.is_empty() {
+    if !woken.is_empty() {
         children.push(&method);
     }
     let mut bytes = Vec::new();

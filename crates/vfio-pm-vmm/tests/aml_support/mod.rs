@@ -105,6 +105,47 @@ gpe = 0x11
     )
 }
 
+/// PCIe root port PME: two endpoints behind the virtual root port \_SB.PCI0.RP00 (00:1c.0) on the
+/// `pcie_pme` route, plus a NIC that overrides it back to a GPE.
+pub fn pcie_pme() -> String {
+    format!(
+        "{TRAP_IO}
+[wake]
+route = \"pcie_pme\"
+
+[[devices]]
+acpi_path = '\\_SB.PCI0.RP00.S00'
+pci_address = \"0000:01:00.0\"
+vendor_id = 0x10de
+class_code = 0x030000
+d3cold = true
+pme_support = true
+root_port = '\\_SB.PCI0.RP00'
+root_port_bdf = \"0000:00:1c.0\"
+node = \"declare\"
+
+[[devices]]
+acpi_path = '\\_SB.PCI0.RP00.S01'
+pci_address = \"0000:01:00.1\"
+vendor_id = 0x10de
+class_code = 0x030200
+d3cold = true
+pme_support = true
+root_port = '\\_SB.PCI0.RP00'
+node = \"declare\"
+
+[[devices]]
+acpi_path = '\\_SB.PCI0.S28'
+pci_address = \"0000:00:05.0\"
+vendor_id = 0x8086
+class_code = 0x020000
+d3cold = true
+wake_route = \"gpe\"
+gpe = 0x10
+"
+    )
+}
+
 /// Hardware-reduced style: GED route, MMIO trap register.
 pub fn ged() -> String {
     "[trap]
@@ -156,6 +197,7 @@ pub fn all_configs() -> Vec<(&'static str, VmmConfig)> {
         ("root-port", config(&root_port())),
         ("ged-mmio", config(&ged())),
         ("d3hot-only", config(&d3hot_only())),
+        ("pcie-pme", config(&pcie_pme())),
     ]
 }
 
