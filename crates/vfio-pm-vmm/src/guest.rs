@@ -113,7 +113,8 @@ pub struct GuestStep {
     pub trap: TrapWrite,
     /// What the VMM did with it.
     pub outcome: RequestOutcome,
-    /// PME_Status as the guest read it while resuming (then cleared); `false` for `_OFF`.
+    /// PME_Status as the guest found it for this resume (read while resuming, or by the PCIe PME
+    /// driver before it; then cleared); `false` for `_OFF`.
     pub pme_status_seen: bool,
 }
 
