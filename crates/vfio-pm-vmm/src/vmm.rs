@@ -139,9 +139,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// (the AML's `\_GPE._Exx` does `Notify (dev, 2)`), GED event bit = slot for the GED route (the
 /// VMM's `_EVT` calls `\_SB.VPMW (slot)`), or a PCI PME with the device's requester ID
 /// (`bus << 8 | devfn`, [`DeviceConfig::requester_id`]) for the `pcie_pme` route.
-pub fn wake_route_for(config: &VmmConfig, device: &DeviceConfig) -> WakeRoute {
-    // The route is per device now ([`DeviceConfig::route`] already resolves `[wake] route`).
-    let _ = config;
+pub fn wake_route_for(device: &DeviceConfig) -> WakeRoute {
+    // [`DeviceConfig::route`] already resolves `[wake] route` per device.
     match (device.route, device.gpe) {
         (AcpiWake::Gpe, Some(gpe)) => WakeRoute::AcpiGpe {
             gpe: u16::from(gpe),
@@ -161,12 +160,12 @@ pub fn wake_route_for(config: &VmmConfig, device: &DeviceConfig) -> WakeRoute {
 /// follows the device identity ([`WakeupPolicy::Auto`]); `d3cold = true` opts the host device
 /// into D3cold (`d3cold_allowed` = 1), otherwise the host knob is left alone; the wake route
 /// of [`wake_route_for`]; [`DEFAULT_MIN_RESIDENCY`].
-pub fn settings_for(config: &VmmConfig, device: &DeviceConfig) -> DeviceSettings {
+pub fn settings_for(device: &DeviceConfig) -> DeviceSettings {
     let mut s = DeviceSettings::new(
         device.vendor_id,
         device.device_id.unwrap_or(0),
         device.class_code,
-        wake_route_for(config, device),
+        wake_route_for(device),
     );
     s.wakeup = if device.has_wake() {
         WakeupPolicy::Auto
@@ -535,11 +534,7 @@ pub struct VmmPowerManager {
 impl VmmPowerManager {
     /// A builder with the defaults of [`settings_for`] and [`pm_capability_config_for`].
     pub fn builder(config: VmmConfig) -> VmmBuilder {
-        let settings = config
-            .devices()
-            .iter()
-            .map(|d| settings_for(&config, d))
-            .collect();
+        let settings = config.devices().iter().map(settings_for).collect();
         let caps = config
             .devices()
             .iter()

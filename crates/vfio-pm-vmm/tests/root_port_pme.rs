@@ -2,21 +2,20 @@
 //! Control / Root Status, pending queue, interrupt eventfd) and the simulated guest's PCIe PME
 //! service driver, over the simulated host.
 
+mod vmm_support;
 use std::io::ErrorKind;
 use std::time::Duration;
-use vfio_pm::{HostDevice, PciAddress, PowerState};
-use vfio_pm_sim::{DeviceConfig, KernelVersion, Platform, SimHost};
+use vfio_pm::{PciAddress, PowerState};
+use vfio_pm_sim::KernelVersion;
 use vfio_pm_vmm::config::{Problem, VmmConfig, WakeRoute as ConfigRoute};
-use vfio_pm_vmm::controller::{
-    Event, EventLog, HostPower, LowPowerVariant, ManualClock, RequestOutcome,
-};
-use vfio_pm_vmm::guest::{GuestInbox, GuestPower, Reason, SimulatedGuest};
+use vfio_pm_vmm::controller::{Event, HostPower, LowPowerVariant, RequestOutcome};
+use vfio_pm_vmm::guest::{GuestPower, Reason};
 use vfio_pm_vmm::pme::{
     Delivery, WakeRoute, PMCSR_OFFSET, PMCSR_PME_EN, PMCSR_PME_STATUS, ROOT_CONTROL_OFFSET,
     ROOT_CTL_PME_IE, ROOT_STATUS_OFFSET, ROOT_STA_PME_PENDING, ROOT_STA_PME_STATUS,
 };
-use vfio_pm_vmm::trap::DeviceSlot;
-use vfio_pm_vmm::vmm::{VmmError, VmmPowerManager};
+use vfio_pm_vmm::vmm::VmmError;
+use vmm_support::{host_addr, slot, Rig};
 
 /// Two NVIDIA functions (wakeup variant) behind root port 00:1c.0 on the PCIe PME route, and a
 /// NIC on a GPE (per-device override).
@@ -70,57 +69,8 @@ fn port() -> PciAddress {
     "0000:00:1c.0".parse().unwrap()
 }
 
-fn host_addr(i: usize) -> PciAddress {
-    PciAddress::new(0, 0x41, i as u8, 0).unwrap()
-}
-
-fn slot(i: usize) -> DeviceSlot {
-    DeviceSlot::new(i as u8).unwrap()
-}
-
-struct Rig {
-    host: SimHost,
-    vpm: VmmPowerManager,
-    guest: SimulatedGuest,
-    inbox: GuestInbox,
-    log: EventLog,
-    clock: ManualClock,
-}
-
 fn rig() -> Rig {
-    let config = VmmConfig::from_toml_str(CONFIG).unwrap();
-    let n = config.devices().len();
-    let mut b = SimHost::builder()
-        .platform(Platform::D3cold)
-        .kernel(KernelVersion::V6_1);
-    for i in 0..n {
-        b = b.device(DeviceConfig::new(host_addr(i)));
-    }
-    let host = b.build().unwrap();
-    let devices: Vec<Box<dyn HostDevice>> = (0..n)
-        .map(|i| Box::new(host.open(host_addr(i)).unwrap()) as Box<dyn HostDevice>)
-        .collect();
-    let inbox = GuestInbox::new();
-    let log = EventLog::new();
-    let clock = ManualClock::new();
-    let vpm = VmmPowerManager::builder(config)
-        .min_residency(Duration::ZERO)
-        .build(
-            devices,
-            Box::new(inbox.clone()),
-            Box::new(clock.clone()),
-            Box::new(log.clone()),
-        )
-        .unwrap();
-    let guest = SimulatedGuest::new(&vpm, inbox.clone());
-    Rig {
-        host,
-        vpm,
-        guest,
-        inbox,
-        log,
-        clock,
-    }
+    vmm_support::build(CONFIG, KernelVersion::V6_1, Duration::ZERO)
 }
 
 impl Rig {

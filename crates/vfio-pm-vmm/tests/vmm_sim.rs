@@ -1,19 +1,21 @@
 //! The VMM adapter (`vfio_pm_vmm::vmm`) and the simulated guest over the simulated host.
 
+mod vmm_support;
 use std::time::Duration;
-use vfio_pm::{HostDevice, PciAddress, PowerState};
-use vfio_pm_sim::{DeviceConfig, KernelVersion, Platform, SimHost};
+use vfio_pm::PowerState;
+use vfio_pm_sim::{KernelVersion, Platform, SimHost};
 use vfio_pm_vmm::config::{TrapSpace, VmmConfig};
 use vfio_pm_vmm::controller::{
     Event, EventLog, HostCall, HostPower, LowPowerVariant, ManualClock, RequestOutcome,
 };
-use vfio_pm_vmm::guest::{GuestError, GuestInbox, GuestPower, Reason, SimulatedGuest};
+use vfio_pm_vmm::guest::{GuestError, GuestInbox, GuestPower, Reason};
 use vfio_pm_vmm::pme::{
     PciPowerState, WakeRoute, PMCSR_OFFSET, PMCSR_PME_EN, PMCSR_PME_STATUS, PMC_OFFSET,
     PMC_PME_D3COLD,
 };
 use vfio_pm_vmm::trap::{DeviceSlot, PowerAction};
 use vfio_pm_vmm::vmm::{SsdtSummary, VmmError, VmmPowerManager};
+use vmm_support::{host_addr, slot, Rig};
 
 /// GPU (wakeup variant), its HDMI audio (plain), a NIC (plain), and a device without a power
 /// resource.
@@ -68,55 +70,8 @@ const HDA: usize = 1;
 const NIC: usize = 2;
 const PLAIN_NO_PR: usize = 3;
 
-fn host_addr(i: usize) -> PciAddress {
-    PciAddress::new(0, 0x41, i as u8, 0).unwrap()
-}
-
-fn slot(i: usize) -> DeviceSlot {
-    DeviceSlot::new(i as u8).unwrap()
-}
-
-struct Rig {
-    host: SimHost,
-    vpm: VmmPowerManager,
-    guest: SimulatedGuest,
-    inbox: GuestInbox,
-    log: EventLog,
-    clock: ManualClock,
-}
-
 fn rig_with(kernel: KernelVersion, min_residency: Duration) -> Rig {
-    let config = VmmConfig::from_toml_str(CONFIG).unwrap();
-    let n = config.devices().len();
-    let mut b = SimHost::builder().platform(Platform::D3cold).kernel(kernel);
-    for i in 0..n {
-        b = b.device(DeviceConfig::new(host_addr(i)));
-    }
-    let host = b.build().unwrap();
-    let devices: Vec<Box<dyn HostDevice>> = (0..n)
-        .map(|i| Box::new(host.open(host_addr(i)).unwrap()) as Box<dyn HostDevice>)
-        .collect();
-    let inbox = GuestInbox::new();
-    let log = EventLog::new();
-    let clock = ManualClock::new();
-    let vpm = VmmPowerManager::builder(config)
-        .min_residency(min_residency)
-        .build(
-            devices,
-            Box::new(inbox.clone()),
-            Box::new(clock.clone()),
-            Box::new(log.clone()),
-        )
-        .unwrap();
-    let guest = SimulatedGuest::new(&vpm, inbox.clone());
-    Rig {
-        host,
-        vpm,
-        guest,
-        inbox,
-        log,
-        clock,
-    }
+    vmm_support::build(CONFIG, kernel, min_residency)
 }
 
 fn rig() -> Rig {
