@@ -1,11 +1,12 @@
 //! The host-side oracle of the `d3cold` platform: the bytes the guest kernel's calls of vfio-pm's
 //! generated `_ON`/`_OFF` wrote to the trap port, decoded with vfio-pm's own
-//! [`TrapDecoder`](vfio_pm_vmm::trap::TrapDecoder) and checked against what the guest reported.
+//! [`vfio_pm_vmm::trap::TrapDecoder`] and checked against what the guest reported.
 
 use crate::console::Check;
 use crate::harness::Platform;
 use crate::qemu::TrapMark;
-use vfio_pm_vmm::trap::{PowerAction, TrapDecoder, TrapError, TrapEvent};
+use vfio_pm_vmm::trap::{TrapDecoder, TrapError};
+use vfio_pm_vmm::{GuestRequest, PowerAction};
 
 /// The fewest power-offs a `d3cold` run must show: every settled suspend of the `checks` phase
 /// (at least five) runs `_OFF` once.
@@ -26,15 +27,15 @@ fn check(name: &str, passed: bool, detail: String) -> Check {
 }
 
 /// The decoded sequence in short form: `+` power on, `-` power off, `!` undecodable.
-pub fn sequence(events: &[Result<TrapEvent, TrapError>]) -> String {
+pub fn sequence(events: &[Result<GuestRequest, TrapError>]) -> String {
     events
         .iter()
         .map(|e| match e {
-            Ok(TrapEvent {
+            Ok(GuestRequest {
                 action: PowerAction::PowerOn,
                 ..
             }) => '+',
-            Ok(TrapEvent {
+            Ok(GuestRequest {
                 action: PowerAction::PowerOff,
                 ..
             }) => '-',
@@ -75,7 +76,7 @@ pub fn checks(
         .enumerate()
         .filter_map(|(i, e)| e.as_ref().err().map(|e| format!("byte {i}: {e}")))
         .collect();
-    let ok: Vec<TrapEvent> = events
+    let ok: Vec<GuestRequest> = events
         .iter()
         .filter_map(|e| e.as_ref().ok())
         .copied()
@@ -95,9 +96,9 @@ pub fn checks(
         .iter()
         .map(|e| {
             decoder
-                .pci_address(e.device)
-                .map(|a| format!("{} = {a}", e.device))
-                .unwrap_or_else(|| format!("{} = ?", e.device))
+                .pci_address(e.slot)
+                .map(|a| format!("{} = {a}", e.slot))
+                .unwrap_or_else(|| format!("{} = ?", e.slot))
         })
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
@@ -106,9 +107,9 @@ pub fn checks(
         "host-trap-slot0-is-the-device",
         !ok.is_empty()
             && ok.iter().all(|e| {
-                e.device.index() == 0
+                e.slot.index() == 0
                     && decoder
-                        .pci_address(e.device)
+                        .pci_address(e.slot)
                         .is_some_and(|a| a.to_string() == device)
             }),
         format!("slots seen: {slots:?} (want slot 0 = {device})"),
@@ -171,7 +172,7 @@ fn window_check(decoder: &TrapDecoder, trap: &[u8], marks: &[TrapMark]) -> Check
     let last = decoder.decode_stream(before).pop();
     let last_is_off = matches!(
         last,
-        Some(Ok(TrapEvent {
+        Some(Ok(GuestRequest {
             action: PowerAction::PowerOff,
             ..
         }))

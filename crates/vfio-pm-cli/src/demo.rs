@@ -16,7 +16,7 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
-use vfio_pm::{HostDevice, PciAddress, PowerState};
+use vfio_pm::{PciAddress, PowerDevice, PowerState};
 use vfio_pm_sim::{DeviceConfig, Platform, SimHost};
 use vfio_pm_vmm::config::{TrapSpace, VmmConfig};
 use vfio_pm_vmm::controller::{
@@ -24,8 +24,8 @@ use vfio_pm_vmm::controller::{
 };
 use vfio_pm_vmm::guest::{GuestInbox, GuestStep, Reason, SimulatedGuest};
 use vfio_pm_vmm::pme::WakeRoute;
-use vfio_pm_vmm::trap::DeviceSlot;
 use vfio_pm_vmm::vmm::{SsdtSummary, VmmPowerManager};
+use vfio_pm_vmm::Slot;
 
 /// Arguments of `vfio-pm demo`.
 #[derive(clap::Args)]
@@ -281,8 +281,10 @@ struct Demo {
     quiet: bool,
 }
 
-fn slot(i: usize) -> Result<DeviceSlot> {
-    DeviceSlot::new(i as u8).context("device slot out of range")
+fn slot(i: usize) -> Result<Slot> {
+    u32::try_from(i)
+        .map(Slot)
+        .context("device slot out of range")
 }
 
 fn state_index(p: &PowerState) -> Option<usize> {
@@ -304,27 +306,26 @@ impl Demo {
             b = b.device(DeviceConfig::new(s.host));
         }
         let host = b.build()?;
-        let mut devices: Vec<Box<dyn HostDevice>> = Vec::new();
+        let mut devices: Vec<Box<dyn PowerDevice>> = Vec::new();
         for s in &specs {
             devices.push(Box::new(host.open(s.host)?));
         }
         let inbox = GuestInbox::new();
         let log = EventLog::new();
         let clock = ManualClock::new();
-        let mut builder = VmmPowerManager::builder(config).min_residency(MIN_RESIDENCY);
+        let mut builder = VmmPowerManager::builder(config)
+            .min_residency(MIN_RESIDENCY)
+            .notifier(inbox.clone())
+            .clock(clock.clone())
+            .events(log.clone());
         for (i, s) in specs.iter().enumerate() {
             if !s.host_d3cold {
-                if let Some(st) = builder.settings_mut(slot(i)?) {
+                if let Some(st) = builder.device_settings(slot(i)?) {
                     st.d3cold = Some(false);
                 }
             }
         }
-        let vpm = builder.build(
-            devices,
-            Box::new(inbox.clone()),
-            Box::new(clock.clone()),
-            Box::new(log.clone()),
-        )?;
+        let vpm = builder.build(devices)?;
         let guest = SimulatedGuest::new(&vpm, inbox);
         let mut state = Vec::new();
         for s in &specs {
@@ -362,9 +363,7 @@ impl Demo {
     }
 
     fn dev_of(&self, ev: &TimedEvent) -> usize {
-        self.vpm
-            .device_slot(ev.slot)
-            .map_or(usize::MAX, |s| usize::from(s.index()))
+        ev.slot.index() as usize
     }
 
     fn drain_events(&mut self) {
@@ -410,7 +409,7 @@ impl Demo {
                     if let (Some(dev), Some(step)) = (h.device, h.resumed) {
                         self.push(Rec::Guest {
                             at_ns,
-                            dev: usize::from(dev),
+                            dev: dev as usize,
                             step,
                         });
                     }
@@ -660,15 +659,12 @@ fn t(ns: u64) -> String {
 
 fn call_name(call: HostCall) -> String {
     match call {
-        HostCall::Probe => "PROBE low-power features".into(),
         HostCall::Entry => "LOW_POWER_ENTRY".into(),
         HostCall::EntryWithWakeup => "LOW_POWER_ENTRY_WITH_WAKEUP".into(),
         HostCall::Exit => "LOW_POWER_EXIT".into(),
         HostCall::D3ColdAllowed(b) => format!("d3cold_allowed = {}", u8::from(b)),
         HostCall::PmcsrD3Hot => "PMCSR D3hot (fallback)".into(),
         HostCall::PmcsrD0 => "PMCSR D0 (fallback)".into(),
-        HostCall::OwnAccess => "own access".into(),
-        HostCall::Close => "close".into(),
     }
 }
 

@@ -9,8 +9,8 @@ use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use vfio_pm::{
-    EventFd, HostDevice, KernelDevice, LowPower, PciAddress, PowerObservation, PowerState,
-    RuntimeStatus, Support, Sysfs, CONFIG_REGION,
+    ConformanceDevice, EventFd, KernelDevice, LowPower, PciAddress, PowerDevice, PowerObservation,
+    PowerState, RuntimeStatus, Support, Sysfs, CONFIG_REGION,
 };
 
 fn open(sysfs: &Sysfs, bdf: PciAddress) -> Result<KernelDevice> {

@@ -10,8 +10,8 @@ use std::fs::File;
 use std::time::{Duration, Instant};
 use vfio_pm::feature::{self, FLAG_GET, FLAG_PROBE, FLAG_SET, HEADER_SIZE, WAKEUP_PAYLOAD_SIZE};
 use vfio_pm::{
-    Errno, FeatureError, HostDevice, KernelDevice, LowPower, LowPowerFeature, PowerObservation,
-    PowerState, RuntimeStatus, Support, SysfsDevice, CONFIG_REGION,
+    ConformanceDevice, Errno, FeatureError, KernelDevice, LowPower, LowPowerFeature, PowerDevice,
+    PowerObservation, PowerState, RuntimeStatus, Support, SysfsDevice, CONFIG_REGION,
 };
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

@@ -1,4 +1,9 @@
-//! The `controller` phase: vfio-pm-vmm's low-power controller driving the REAL kernel.
+//! The `controller` phase: vfio-pm-vmm's low-power controller driving the REAL kernel, on a
+//! device "the VMM" opened itself.
+//!
+//! As cloud-hypervisor does, the VMM opens the device with `vfio-ioctls` in a container of its
+//! own (the VM's) and keeps its `Arc<VfioDevice>`; the controller adopts that device through
+//! `KernelDevice::from_vfio_device` (a group is exclusive: a second open would be EBUSY).
 //!
 //! The controller is tested in depth over the simulated host; this phase proves it "works
 //! unchanged over the kernel backend": a guest `_OFF` becomes a real LOW_POWER_ENTRY and the
@@ -10,11 +15,13 @@
 use crate::checks::{observe_stable, wait_suspended};
 use crate::context::{Ctx, Platform};
 use crate::report::Reporter;
+use std::sync::Arc;
 use std::time::Duration;
-use vfio_pm::{KernelDevice, PowerState, RuntimeStatus};
+use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
+use vfio_pm::{KernelDevice, PowerState, RuntimeStatus, CONFIG_REGION};
 use vfio_pm_vmm::controller::{
-    Controller, ControllerConfig, DeviceSettings, Event, EventLog, HostPower, LowPowerVariant,
-    MonotonicClock, RequestOutcome, Slot, SuppressReason, WakeupPolicy,
+    Controller, ControllerConfig, DeviceSettings, EntryPolicy, Event, EventLog, HostPower,
+    LowPowerVariant, MonotonicClock, RequestOutcome, Slot, SuppressReason,
 };
 use vfio_pm_vmm::pme::{RecordingNotifier, WakeRoute};
 
@@ -27,8 +34,21 @@ struct Rig {
     log: EventLog,
 }
 
-fn rig(ctx: &Ctx, wakeup: WakeupPolicy) -> Result<Rig, String> {
-    let dev = KernelDevice::open(&ctx.sysfs, ctx.device).map_err(|e| e.to_string())?;
+/// "The VMM": opens the device in a container of its own with `vfio-ioctls`, as
+/// cloud-hypervisor does for a VM.
+pub(crate) fn vmm_open(ctx: &Ctx) -> Result<Arc<VfioDevice>, String> {
+    let dir = ctx.sysfs.device(ctx.device).map_err(|e| e.to_string())?;
+    let container = VfioContainer::new(None).map_err(|e| format!("VfioContainer: {e}"))?;
+    let ops: Arc<dyn VfioOps> = Arc::new(container);
+    let device = VfioDevice::new(dir.dir(), ops, false).map_err(|e| format!("VfioDevice: {e}"))?;
+    Ok(Arc::new(device))
+}
+
+/// The controller adopts the VMM's device; the VMM keeps its handle (returned).
+fn rig(ctx: &Ctx, entry: EntryPolicy) -> Result<(Rig, Arc<VfioDevice>), String> {
+    let vmm_device = vmm_open(ctx)?;
+    let dev = KernelDevice::from_vfio_device(&ctx.sysfs, ctx.device, vmm_device.clone())
+        .map_err(|e| e.to_string())?;
     let pmes = RecordingNotifier::new();
     let log = EventLog::new();
     let mut ctl = Controller::new(
@@ -38,18 +58,28 @@ fn rig(ctx: &Ctx, wakeup: WakeupPolicy) -> Result<Rig, String> {
         Box::new(log.clone()),
     )
     .map_err(|e| e.to_string())?;
-    let mut s = DeviceSettings::new(0x8086, 0x10d3, 0x020000, ROUTE);
-    s.wakeup = wakeup;
+    let mut s = DeviceSettings::new(0x8086, Some(0x10d3), 0x020000, Some(ROUTE));
+    s.entry = entry;
     s.min_residency = Duration::ZERO;
     let slot = ctl
         .add_device(Box::new(dev), s)
         .map_err(|e| e.to_string())?;
-    Ok(Rig {
-        ctl,
-        slot,
-        pmes,
-        log,
-    })
+    Ok((
+        Rig {
+            ctl,
+            slot,
+            pmes,
+            log,
+        },
+        vmm_device,
+    ))
+}
+
+/// The vendor ID as the VMM reads it through its own `VfioDevice` (config region).
+fn vmm_vendor(device: &VfioDevice) -> u16 {
+    let mut id = [0u8; 2];
+    device.region_read(CONFIG_REGION, &mut id, 0);
+    u16::from_le_bytes(id)
 }
 
 fn suppressed_own(log: &EventLog, slot: Slot) -> usize {
@@ -77,7 +107,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     let config_read = || sysfs.read_config().map(|_| ()).map_err(|e| e.to_string());
 
     // --- The wakeup variant (what a GPU gets), forced on the e1000e.
-    let mut w = match rig(ctx, WakeupPolicy::Always) {
+    let (mut w, vmm_device) = match rig(ctx, EntryPolicy::WithWakeup) {
         Ok(w) => w,
         Err(e) => {
             r.check("ctl-open", false, e);
@@ -98,10 +128,13 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         Ok((d3.clone(), RuntimeStatus::Suspended)),
     );
 
-    // The controller's own access (an ioctl through host_access) wakes the device on a real
-    // kernel and signals the eventfd: suppressed, never a PME, and the device is re-armed.
+    // The VMM's own access (a config region read through host_access) wakes the device on a
+    // real kernel and signals the eventfd: suppressed, never a PME, and the device is re-armed.
     let before = suppressed_own(&w.log, slot);
-    let _ = w.ctl.host_access(slot, |dev| dev.device_ioctl());
+    let _ = w.ctl.host_access(slot, |dev| {
+        let mut b = [0u8; 2];
+        dev.region_read(CONFIG_REGION, 0, &mut b)
+    });
     let _ = w.ctl.poll_once(Some(Duration::from_millis(200)));
     r.expect_eq("ctl-own-ioctl-no-pme", w.pmes.count(), 0);
     r.check(
@@ -177,6 +210,16 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         format!("{report:?}"),
     );
     drop(w);
+    // The VMM still holds its device, in D0 and usable: the controller never closed it.
+    r.expect_eq(
+        "ctl-after-shutdown-vmm-device-usable",
+        (
+            observe_stable(&sysfs).map(|o| (o.power_state, o.runtime_status)),
+            vmm_vendor(&vmm_device),
+        ),
+        (Ok((PowerState::D0, RuntimeStatus::Active)), 0x8086),
+    );
+    drop(vmm_device);
     let (o, _) = wait_suspended(&sysfs, ctx.suspend_timeout);
     r.expect_eq(
         "ctl-after-shutdown-unused-suspended",
@@ -186,7 +229,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
 
     // --- The plain variant (NIC, audio, NVMe): a host access wakes it, the kernel puts it back,
     // and the guest hears nothing.
-    let mut p = match rig(ctx, WakeupPolicy::Never) {
+    let (mut p, _vmm_device) = match rig(ctx, EntryPolicy::Plain) {
         Ok(p) => p,
         Err(e) => {
             r.check("ctl-open-plain", false, e);

@@ -12,7 +12,7 @@
 use crate::context::Ctx;
 use crate::report::Reporter;
 use std::time::{Duration, Instant};
-use vfio_pm::{Errno, HostDevice, KernelDevice, OpenError, RuntimeStatus, SysfsDevice};
+use vfio_pm::{ConformanceDevice, Errno, KernelDevice, OpenError, RuntimeStatus, SysfsDevice};
 use vfio_pm_sim::scenario::{self, RunOptions};
 
 /// The settle limit per step. A runtime suspend takes about 12 ms in the QEMU guest (the
@@ -32,6 +32,7 @@ pub fn open_errno(e: &OpenError) -> Errno {
         | OpenError::NotVfio { .. }
         | OpenError::NoIommuGroup { .. }
         | OpenError::NotViable { .. } => Errno::ENODEV,
+        OpenError::DeviceInfo { errno, .. } => *errno,
         OpenError::Vfio { .. } => Errno::EIO,
     }
 }
@@ -162,9 +163,9 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             off_baseline.push(sc.name.clone());
         }
         let t0 = Instant::now();
-        let mut open = || -> Result<Box<dyn HostDevice>, Errno> {
+        let mut open = || -> Result<Box<dyn ConformanceDevice>, Errno> {
             KernelDevice::open(&ctx.sysfs, ctx.device)
-                .map(|d| Box::new(d) as Box<dyn HostDevice>)
+                .map(|d| Box::new(d) as Box<dyn ConformanceDevice>)
                 .map_err(|e| {
                     r.info("scenario-open-error", format!("{}: {e}", sc.name));
                     open_errno(&e)

@@ -1,15 +1,15 @@
-//! [`SimDevice`]: an opened device fd on a [`SimHost`], implementing [`HostDevice`] call for
-//! call like the kernel.
+//! [`SimDevice`]: an opened device fd on a [`SimHost`], implementing [`PowerDevice`] and
+//! [`ConformanceDevice`] call for call like the kernel.
 
 use crate::error::SimError;
 use crate::host::{DeviceSnapshot, SimHost};
 use crate::vfio::{Access, MmapAccess};
 use nix::errno::Errno;
 use std::time::Duration;
-use vfio_pm::{HostDevice, HostKnob, PciAddress, PowerObservation};
+use vfio_pm::{ConformanceDevice, HostKnob, PciAddress, PowerDevice, PowerObservation};
 
 /// An open vfio-pci device fd on the simulated host. Dropping it closes it (like dropping a
-/// real fd); after [`HostDevice::close`] every fd call fails with EBADF, while the sysfs-side
+/// real fd); after [`ConformanceDevice::close`] every fd call fails with EBADF, while the sysfs-side
 /// calls (`observe`, `settle`, `host_config_read`, `set_host_knob`) keep working, as they do on
 /// the kernel backend.
 #[derive(Debug)]
@@ -66,7 +66,7 @@ impl SimDevice {
     }
 }
 
-impl HostDevice for SimDevice {
+impl PowerDevice for SimDevice {
     fn address(&self) -> PciAddress {
         self.address
     }
@@ -76,12 +76,6 @@ impl HostDevice for SimDevice {
         self.host
             .lock()
             .device_ioctl(i, self.handle, |s| s.feature(i, argsz, flags, payload))
-    }
-
-    fn device_ioctl(&self) -> Result<(), Errno> {
-        self.host
-            .lock()
-            .device_ioctl(self.index, self.handle, |_| Ok(()))
     }
 
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
@@ -107,6 +101,19 @@ impl HostDevice for SimDevice {
         )
     }
 
+    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
+        self.host.lock().set_knob(self.index, knob);
+        Ok(())
+    }
+}
+
+impl ConformanceDevice for SimDevice {
+    fn device_ioctl(&self) -> Result<(), Errno> {
+        self.host
+            .lock()
+            .device_ioctl(self.index, self.handle, |_| Ok(()))
+    }
+
     fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
         self.host
             .lock()
@@ -115,11 +122,6 @@ impl HostDevice for SimDevice {
 
     fn host_config_read(&self) -> Result<(), Errno> {
         self.host.lock().host_config_read(self.index);
-        Ok(())
-    }
-
-    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
-        self.host.lock().set_knob(self.index, knob);
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //!
 //! An executable, deterministic model of the Linux kernel's vfio-pci runtime power management
 //! (Part 1 of 5.19 and the 6.1 `VFIO_DEVICE_FEATURE` LOW_POWER_ENTRY / ENTRY_WITH_WAKEUP /
-//! EXIT), implementing the same [`vfio_pm::HostDevice`] seam as the real-kernel backend.
+//! EXIT), implementing the same [`vfio_pm::ConformanceDevice`] seam as the real-kernel backend.
 //!
 //! - [`SimHost`] (built with [`SimHost::builder`]): platform with or without D3cold, kernel
 //!   version, and one or more devices ([`DeviceConfig`]: `disable_idle_d3`, reset, INTx,
@@ -10,9 +10,9 @@
 //! - [`SimDevice`]: an opened device fd, faithful call for call: the ioctl wrapper resumes
 //!   the device before any argument check, the feature validation order and errnos, the
 //!   runtime-PM usage count, asynchronous suspend (it happens when you call
-//!   [`HostDevice::settle`](vfio_pm::HostDevice::settle) or [`SimHost::run_pending`]: nothing sleeps), one-shot wakeup
+//!   [`ConformanceDevice::settle`](vfio_pm::ConformanceDevice::settle) or [`SimHost::run_pending`]: nothing sleeps), one-shot wakeup
 //!   signalling on a real resume, region access, mmap faults
-//!   ([`HostDevice::bar_mmap_access`](vfio_pm::HostDevice::bar_mmap_access)), host sysfs
+//!   ([`ConformanceDevice::bar_mmap_access`](vfio_pm::ConformanceDevice::bar_mmap_access)), host sysfs
 //!   paths, reset and close.
 //! - Eventfds are real: the ENTRY_WITH_WAKEUP payload carries an eventfd number of this
 //!   process; the model validates it like the kernel (EINVAL / EBADF), keeps a reference and
@@ -26,7 +26,7 @@
 //! ```
 //! use std::os::fd::AsRawFd;
 //! use std::time::Duration;
-//! use vfio_pm::{HostDevice, LowPower, PowerState, RuntimeStatus};
+//! use vfio_pm::{ConformanceDevice, LowPower, PowerState, RuntimeStatus};
 //! use vfio_pm_sim::{Platform, SimHost, DEFAULT_ADDRESS};
 //! use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 //!
@@ -117,7 +117,7 @@ pub fn run_on_model_with(
         scenario,
         &mut || {
             host.open(DEFAULT_ADDRESS)
-                .map(|d| Box::new(d) as Box<dyn vfio_pm::HostDevice>)
+                .map(|d| Box::new(d) as Box<dyn vfio_pm::ConformanceDevice>)
                 .map_err(|e| e.errno())
         },
         options,

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use vfio_pm::{HostDevice, HostKnob, PciAddress, RuntimeStatus, BAR0_REGION};
+use vfio_pm::{ConformanceDevice, HostKnob, PciAddress, PowerDevice, RuntimeStatus, BAR0_REGION};
 use vfio_pm_sim::scenario::Scenario;
 use vfio_pm_sim::{run_on_model, DeviceConfig, Platform, SimDevice, SimHost};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};

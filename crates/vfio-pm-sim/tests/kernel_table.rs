@@ -5,7 +5,9 @@
 use std::os::fd::AsRawFd;
 use std::time::Duration;
 use vfio_pm::feature::{wakeup_payload, FLAG_GET, FLAG_PROBE, FLAG_SET};
-use vfio_pm::{Errno, HostDevice, LowPower, PowerObservation, PowerState, RuntimeStatus};
+use vfio_pm::{
+    ConformanceDevice, Errno, LowPower, PowerDevice, PowerObservation, PowerState, RuntimeStatus,
+};
 use vfio_pm_sim::{Platform, SimDevice, SimHost, DEFAULT_ADDRESS};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 

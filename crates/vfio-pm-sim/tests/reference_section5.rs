@@ -5,8 +5,8 @@ use std::os::fd::AsRawFd;
 use std::time::Duration;
 use vfio_pm::feature::{wakeup_payload, FLAG_SET};
 use vfio_pm::{
-    Errno, HostDevice, HostKnob, LowPower, PciAddress, PowerObservation, PowerState, RuntimeStatus,
-    BAR0_REGION, CONFIG_REGION,
+    ConformanceDevice, Errno, HostKnob, LowPower, PciAddress, PowerDevice, PowerObservation,
+    PowerState, RuntimeStatus, BAR0_REGION, CONFIG_REGION,
 };
 use vfio_pm_sim::{
     DeviceConfig, KernelVersion, MmapAccess, Platform, SimDevice, SimHost, DEFAULT_ADDRESS,

@@ -330,7 +330,7 @@ fn an_open_failure_is_recorded() {
     let host = SimHost::new(Platform::D3hot);
     let t = run(&sc, &mut || {
         host.open(DEFAULT_ADDRESS)
-            .map(|d| Box::new(d) as Box<dyn vfio_pm::HostDevice>)
+            .map(|d| Box::new(d) as Box<dyn vfio_pm::ConformanceDevice>)
             .map_err(|e| e.errno())
     });
     let results: Vec<&str> = t.lines.iter().map(|l| l.result.as_str()).collect();

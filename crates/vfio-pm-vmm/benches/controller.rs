@@ -88,7 +88,8 @@ fn controller(n: usize, rounds: usize) -> Duration {
     .unwrap();
     let slots: Vec<Slot> = (0..n)
         .map(|i| {
-            let mut s = DeviceSettings::new(0x10de, 0, 0x030000, WakeRoute::Ged { event: 0 });
+            let mut s =
+                DeviceSettings::new(0x10de, None, 0x030000, Some(WakeRoute::Ged { event: 0 }));
             s.min_residency = Duration::ZERO;
             ctl.add_device(Box::new(host.open(addr(i)).unwrap()), s)
                 .unwrap()

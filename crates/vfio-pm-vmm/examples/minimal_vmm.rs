@@ -9,13 +9,13 @@
 
 use std::sync::Arc;
 use std::time::Duration;
-use vfio_pm::HostDevice;
+use vfio_pm::PowerDevice;
 use vfio_pm_sim::{DeviceConfig, Platform, SimHost};
 use vfio_pm_vmm::config::{TrapSpace, VmmConfig};
-use vfio_pm_vmm::controller::{MonotonicClock, TimedEvent};
+use vfio_pm_vmm::controller::TimedEvent;
 use vfio_pm_vmm::pme::{EventFdNotifier, GpeBlock, PMCSR_OFFSET, PMCSR_PME_STATUS};
-use vfio_pm_vmm::trap::DeviceSlot;
 use vfio_pm_vmm::vmm::VmmPowerManager;
+use vfio_pm_vmm::Slot;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -57,7 +57,7 @@ fn io_write(vpm: &mut VmmPowerManager, port: u64, data: &[u8]) {
     match vpm.on_trap_write(TrapSpace::Io, port, data) {
         Ok(done) => println!(
             "  trap {port:#x} <- {data:02x?}: {:?} {:?} -> {:?}",
-            done.event.action, done.event.device, done.outcome
+            done.request.action, done.request.slot, done.outcome
         ),
         // A malformed guest write is ignored, like hardware would; nothing changed.
         Err(e) if e.is_guest_error() => println!("  ignored guest write: {e}"),
@@ -67,7 +67,7 @@ fn io_write(vpm: &mut VmmPowerManager, port: u64, data: &[u8]) {
 }
 
 /// Config space emulation: accesses inside the PM capability go to the manager.
-fn config_read(vpm: &VmmPowerManager, dev: DeviceSlot, reg: u64, width: usize) -> u32 {
+fn config_read(vpm: &VmmPowerManager, dev: Slot, reg: u64, width: usize) -> u32 {
     match reg.checked_sub(PM_CAP) {
         Some(off) if off < 8 => vpm
             .on_pm_config_read(dev, off as usize, width)
@@ -76,7 +76,7 @@ fn config_read(vpm: &VmmPowerManager, dev: DeviceSlot, reg: u64, width: usize) -
     }
 }
 
-fn config_write(vpm: &mut VmmPowerManager, dev: DeviceSlot, reg: u64, width: usize, v: u32) {
+fn config_write(vpm: &mut VmmPowerManager, dev: Slot, reg: u64, width: usize, v: u32) {
     if let Some(off) = reg.checked_sub(PM_CAP).filter(|o| *o < 8) {
         match vpm.on_pm_config_write(dev, off as usize, width, v) {
             Ok(w) => {
@@ -98,10 +98,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .device(DeviceConfig::new("0000:41:00.0".parse()?))
         .device(DeviceConfig::new("0000:42:00.0".parse()?))
         .build()?;
-    let devices: Vec<Box<dyn HostDevice>> = host
+    let devices: Vec<Box<dyn PowerDevice>> = host
         .addresses()
         .into_iter()
-        .map(|a| host.open(a).map(|d| Box::new(d) as Box<dyn HostDevice>))
+        .map(|a| host.open(a).map(|d| Box::new(d) as Box<dyn PowerDevice>))
         .collect::<Result<_, _>>()?;
 
     // Wake wiring: the ACPI GPE block the VMM emulates and the SCI irqfd it registered with
@@ -113,17 +113,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // VM build.
     let config = VmmConfig::from_toml_str(CONFIG)?;
-    let mut vpm = VmmPowerManager::new(
-        config,
-        devices,
-        Box::new(notifier),
-        Box::new(MonotonicClock::new()),
-        Box::new(|ev: &TimedEvent| {
+    let mut vpm = VmmPowerManager::builder(config)
+        .notifier(notifier)
+        .events(|ev: &TimedEvent| {
             if let Ok(line) = serde_json::to_string(ev) {
                 println!("  event {line}");
             }
-        }),
-    )?;
+        })
+        .build(devices)?;
     println!("VM build: {}", vpm.ssdt_summary());
     let _ssdt: &[u8] = vpm.ssdt(); // add to the ACPI tables next to the DSDT
 
@@ -137,7 +134,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // --- The guest runs. ---
     gpe.set_enable(1 << 0x10 | 1 << 0x11); // guest: GPE0_EN
-    let gpu = DeviceSlot::new(0).ok_or("slot")?;
+    let gpu = Slot(0);
     println!("guest: GPU idle -> PMCSR D3hot, _OFF");
     config_write(&mut vpm, gpu, PM_CAP + PMCSR_OFFSET as u64, 2, 0x3);
     io_write(&mut vpm, 0x440, &[0x00]);

@@ -7,8 +7,9 @@
 //! [`Controller::poll_once`] (or [`Controller::handle_wake`]), or runs [`Controller::run`] on a
 //! thread of its own and feeds it through a [`ControllerHandle`].
 //!
-//! Devices are held as `Box<dyn HostDevice>`: the real kernel and the simulated host are
-//! driven by the same code, through [`vfio_pm::LowPower`].
+//! Devices are held as `Box<dyn PowerDevice>` (`Send`): a VMM's own devices on the real kernel
+//! (`vfio_pm::KernelDevice`) and the simulated host are driven by the same code, through
+//! [`vfio_pm::LowPower`]. The controller, and so everything that holds it, is `Send`.
 //!
 //! ## Per-device state machine ([`HostPower`])
 //! ```text
@@ -38,13 +39,18 @@
 //! before the deadline cancels it (coalesced: the host sees neither). `_ON` is never delayed.
 
 mod event;
+#[cfg(any(test, feature = "test-utils"))]
+mod manual_clock;
 
 pub use event::{
-    CallResult, Clock, Event, EventLog, EventSink, FallbackReason, HostCall, ManualClock,
-    MonotonicClock, NullSink, RejectReason, SuppressReason, TimedEvent,
+    CallResult, Clock, Event, EventLog, EventSink, FallbackReason, HostCall, MonotonicClock,
+    NullSink, RejectReason, SuppressReason, TimedEvent,
 };
+#[cfg(any(test, feature = "test-utils"))]
+pub use manual_clock::ManualClock;
 
 use crate::pme::{GuestNotifier, NotifyError, WakeRoute};
+pub use crate::request::{GuestRequest, PowerAction, Slot};
 use serde::Serialize;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
@@ -53,7 +59,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use vfio_pm::{Errno, FeatureError, HostDevice, HostKnob, LowPower, CONFIG_REGION};
+use vfio_pm::{Errno, FeatureError, HostKnob, LowPower, PciAddress, PowerDevice, CONFIG_REGION};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_CLOEXEC, EFD_NONBLOCK};
 
@@ -68,57 +74,18 @@ const STOP_TOKEN: u64 = u64::MAX - 1;
 /// Epoll events taken per `epoll_wait`.
 const EPOLL_BATCH: usize = 256;
 
-/// A device's index in the controller (also its epoll token).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(transparent)]
-pub struct Slot(pub u32);
-
-/// What the guest asked for through its power resource.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GuestAction {
-    /// `_ON`.
-    PowerOn,
-    /// `_OFF`.
-    PowerOff,
-}
-
-/// A guest request, as a trap decoder produces it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-pub enum GuestRequest {
-    /// `_ON` for a slot.
-    PowerOn(Slot),
-    /// `_OFF` for a slot.
-    PowerOff(Slot),
-}
-
-impl GuestRequest {
-    /// The slot.
-    pub fn slot(&self) -> Slot {
-        match self {
-            Self::PowerOn(s) | Self::PowerOff(s) => *s,
-        }
-    }
-    /// The action.
-    pub fn action(&self) -> GuestAction {
-        match self {
-            Self::PowerOn(_) => GuestAction::PowerOn,
-            Self::PowerOff(_) => GuestAction::PowerOff,
-        }
-    }
-}
-
-/// Whether to use `LOW_POWER_ENTRY_WITH_WAKEUP`.
+/// Which entry call the controller makes on a guest `_OFF`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum WakeupPolicy {
-    /// By device identity: NVIDIA display/3D controllers and the configured list.
+pub enum EntryPolicy {
+    /// By device identity: `LOW_POWER_ENTRY_WITH_WAKEUP` for NVIDIA display/3D controllers and
+    /// the configured list, plain `LOW_POWER_ENTRY` otherwise.
     #[default]
     Auto,
-    /// Always with wakeup.
-    Always,
-    /// Never: plain entry.
-    Never,
+    /// Always `LOW_POWER_ENTRY_WITH_WAKEUP`.
+    WithWakeup,
+    /// Always plain `LOW_POWER_ENTRY` (no wake signal).
+    Plain,
 }
 
 /// The low-power mechanism used for a device.
@@ -171,7 +138,7 @@ pub struct DeviceMatch {
 #[derive(Clone, Debug, Default)]
 pub struct ControllerConfig {
     /// Devices that need the guest driver before every entry, beyond the built-in rule
-    /// (NVIDIA, base class 0x03): they get `ENTRY_WITH_WAKEUP` under [`WakeupPolicy::Auto`].
+    /// (NVIDIA, base class 0x03): they get `ENTRY_WITH_WAKEUP` under [`EntryPolicy::Auto`].
     pub wakeup_devices: Vec<DeviceMatch>,
 }
 
@@ -180,19 +147,19 @@ pub struct ControllerConfig {
 pub struct DeviceSettings {
     /// PCI vendor ID.
     pub vendor: u16,
-    /// PCI device ID.
-    pub device: u16,
+    /// PCI device ID, if known.
+    pub device: Option<u16>,
     /// 24-bit class code (base class in bits 23:16).
     pub class: u32,
-    /// Wakeup variant override.
-    pub wakeup: WakeupPolicy,
+    /// Which entry call to make.
+    pub entry: EntryPolicy,
     /// `Some(b)`: write the host's `d3cold_allowed` = b when adding the device (D3cold
     /// opt-in); `None`: leave it alone.
     pub d3cold: Option<bool>,
     /// Minimum time between host transitions (anti-thrash).
     pub min_residency: Duration,
-    /// How a host wake reaches the guest.
-    pub route: WakeRoute,
+    /// How a host wake reaches the guest; `None`: no route, so never the wakeup variant.
+    pub route: Option<WakeRoute>,
     /// Offset of the PM capability in the *host* device's config space, for the ENOTTY
     /// fallback (the controller then writes PMCSR itself); `None`: the VMM passes the guest's
     /// PMCSR writes through.
@@ -200,13 +167,14 @@ pub struct DeviceSettings {
 }
 
 impl DeviceSettings {
-    /// Settings with defaults: auto wakeup, host D3cold untouched, default residency.
-    pub fn new(vendor: u16, device: u16, class: u32, route: WakeRoute) -> Self {
+    /// Settings with defaults: automatic entry policy, host D3cold untouched, default
+    /// residency.
+    pub fn new(vendor: u16, device: Option<u16>, class: u32, route: Option<WakeRoute>) -> Self {
         Self {
             vendor,
             device,
             class,
-            wakeup: WakeupPolicy::Auto,
+            entry: EntryPolicy::Auto,
             d3cold: None,
             min_residency: DEFAULT_MIN_RESIDENCY,
             route,
@@ -221,15 +189,20 @@ pub fn needs_guest_driver(vendor: u16, class: u32) -> bool {
     vendor == VENDOR_NVIDIA && (class >> 16) & 0xff == 0x03
 }
 
-/// The variant for `settings` under `config`, before probing the kernel.
+/// The variant for `settings` under `config`, before probing the kernel. A device without a
+/// wake route always gets plain entry: a wake could never reach its guest.
 pub fn choose_variant(config: &ControllerConfig, settings: &DeviceSettings) -> LowPowerVariant {
-    let wakeup = match settings.wakeup {
-        WakeupPolicy::Always => true,
-        WakeupPolicy::Never => false,
-        WakeupPolicy::Auto => {
+    if settings.route.is_none() {
+        return LowPowerVariant::Entry;
+    }
+    let wakeup = match settings.entry {
+        EntryPolicy::WithWakeup => true,
+        EntryPolicy::Plain => false,
+        EntryPolicy::Auto => {
             needs_guest_driver(settings.vendor, settings.class)
                 || config.wakeup_devices.iter().any(|m| {
-                    m.vendor == settings.vendor && m.device.map_or(true, |d| d == settings.device)
+                    m.vendor == settings.vendor
+                        && m.device.map_or(true, |d| Some(d) == settings.device)
                 })
         }
     };
@@ -244,13 +217,22 @@ pub fn choose_variant(config: &ControllerConfig, settings: &DeviceSettings) -> L
 #[derive(Debug, thiserror::Error)]
 pub enum ControllerError {
     /// No device in that slot.
-    #[error("no device in slot {0:?}")]
+    #[error("no device in {0}")]
     UnknownSlot(Slot),
+    /// Probing a device's low-power features failed (the device was not added).
+    #[error("probing {address}")]
+    Probe {
+        /// The device.
+        address: PciAddress,
+        /// The typed error.
+        #[source]
+        source: FeatureError,
+    },
     /// The device failed earlier and could not be recovered.
-    #[error("device in slot {0:?} has failed")]
+    #[error("device in {0} has failed")]
     DeviceFailed(Slot),
     /// A host call failed.
-    #[error("slot {slot:?}: {source}")]
+    #[error("{slot}")]
     Host {
         /// The device.
         slot: Slot,
@@ -259,7 +241,7 @@ pub enum ControllerError {
         source: FeatureError,
     },
     /// Another host call (knob, region access, close) failed.
-    #[error("slot {slot:?}: {call:?} failed: {errno}")]
+    #[error("{slot}: {call:?} failed: {errno}")]
     HostOther {
         /// The device.
         slot: Slot,
@@ -269,7 +251,7 @@ pub enum ControllerError {
         errno: Errno,
     },
     /// The guest could not be notified.
-    #[error("slot {slot:?}: {source}")]
+    #[error("{slot}: notifying the guest")]
     Notify {
         /// The device.
         slot: Slot,
@@ -278,7 +260,7 @@ pub enum ControllerError {
         source: NotifyError,
     },
     /// epoll / eventfd failure.
-    #[error("controller I/O: {0}")]
+    #[error("controller epoll/eventfd I/O")]
     Io(#[from] io::Error),
 }
 
@@ -350,7 +332,7 @@ pub struct TeardownReport {
 }
 
 struct DeviceEntry {
-    dev: Box<dyn HostDevice>,
+    dev: Box<dyn PowerDevice>,
     wake: EventFd,
     generation: u32,
     settings: DeviceSettings,
@@ -591,7 +573,7 @@ impl Controller {
     /// Probes the low-power features: a kernel without them gets the D3hot fallback.
     pub fn add_device(
         &mut self,
-        dev: Box<dyn HostDevice>,
+        dev: Box<dyn PowerDevice>,
         settings: DeviceSettings,
     ) -> Result<Slot, ControllerError> {
         let wake = EventFd::new(EFD_NONBLOCK | EFD_CLOEXEC)?;
@@ -610,8 +592,8 @@ impl Controller {
                 }
             }
             Err(source) => {
-                return Err(ControllerError::Host {
-                    slot: Slot(u32::MAX),
+                return Err(ControllerError::Probe {
+                    address: dev.address(),
                     source,
                 })
             }
@@ -681,9 +663,9 @@ impl Controller {
     /// Handles one guest request. Errors are also reported as events; a request for an
     /// unknown slot is an error, never a panic.
     pub fn handle_request(&mut self, req: GuestRequest) -> Result<RequestOutcome, ControllerError> {
-        match req {
-            GuestRequest::PowerOff(slot) => self.power_off(slot),
-            GuestRequest::PowerOn(slot) => self.power_on(slot),
+        match req.action {
+            PowerAction::PowerOff => self.power_off(req.slot),
+            PowerAction::PowerOn => self.power_on(req.slot),
         }
     }
 
@@ -698,14 +680,14 @@ impl Controller {
         self.emit(
             slot,
             Event::Guest {
-                action: GuestAction::PowerOff,
+                action: PowerAction::PowerOff,
             },
         );
         if failed {
             self.emit(
                 slot,
                 Event::GuestRejected {
-                    action: GuestAction::PowerOff,
+                    action: PowerAction::PowerOff,
                     reason: RejectReason::DeviceFailed,
                 },
             );
@@ -777,8 +759,6 @@ impl Controller {
             LowPowerVariant::Entry => (HostCall::Entry, e.dev.enter_low_power()),
             LowPowerVariant::D3HotFallback => return self.fallback_write(slot, true),
         };
-        // Our own entry may have resumed a device (it never does when we are consistent,
-        // but a foreign engagement would): drain what it caused.
         self.host_call(
             slot,
             call,
@@ -913,10 +893,11 @@ impl Controller {
     /// Guest `_ON`. Never delayed.
     pub fn power_on(&mut self, slot: Slot) -> Result<RequestOutcome, ControllerError> {
         let now = self.clock.now_ns();
+        self.entry_mut(slot)?;
         self.emit(
             slot,
             Event::Guest {
-                action: GuestAction::PowerOn,
+                action: PowerAction::PowerOn,
             },
         );
         let e = self.entry_mut(slot)?;
@@ -973,7 +954,7 @@ impl Controller {
                             self.emit(
                                 slot,
                                 Event::GuestRejected {
-                                    action: GuestAction::PowerOn,
+                                    action: PowerAction::PowerOn,
                                     reason: RejectReason::DeviceFailed,
                                 },
                             );
@@ -993,7 +974,7 @@ impl Controller {
     pub fn host_access<R>(
         &mut self,
         slot: Slot,
-        f: impl FnOnce(&dyn HostDevice) -> R,
+        f: impl FnOnce(&dyn PowerDevice) -> R,
     ) -> Result<R, ControllerError> {
         let e = self.entry_mut(slot)?;
         let out = f(&*e.dev);
@@ -1054,7 +1035,19 @@ impl Controller {
         e.stats.host_wakes += 1;
         e.stats.exits += 1;
         e.last_transition_ns = Some(now);
-        let route = e.settings.route;
+        let Some(route) = e.settings.route else {
+            // Never armed without a route (choose_variant); a signal here is nobody's wake.
+            e.stats.pme_suppressed += 1;
+            self.emit(
+                slot,
+                Event::PmeSuppressed {
+                    reason: SuppressReason::Stale,
+                    count,
+                    epoch,
+                },
+            );
+            return Ok(());
+        };
         self.emit(slot, Event::HostWake { epoch, count });
         self.set_power(slot, HostPower::WokenByHost);
         match self.notifier.notify(route) {
@@ -1237,13 +1230,25 @@ impl Controller {
         report
     }
 
-    /// Removes a device: leaves low power first, unregisters its eventfd, returns it open.
-    pub fn remove_device(&mut self, slot: Slot) -> Result<Box<dyn HostDevice>, ControllerError> {
+    /// Removes a device: leaves low power first, unregisters its eventfd, returns it (still
+    /// open: dropping a device the controller owned closes its fd, a borrowed one stays open).
+    pub fn remove_device(&mut self, slot: Slot) -> Result<Box<dyn PowerDevice>, ControllerError> {
         self.entry_mut(slot)?;
         let mut report = TeardownReport::default();
         self.teardown_one(slot, &mut report);
-        let e = self.devices[slot.0 as usize]
-            .take()
+        if report.failed.contains(&slot) {
+            // Still returned so the caller can close it; the failure is in the events.
+            tracing::warn!(?slot, "device removed while failed");
+        }
+        self.unregister(slot)
+    }
+
+    /// Takes a torn-down device out of the slot table and the epoll set.
+    fn unregister(&mut self, slot: Slot) -> Result<Box<dyn PowerDevice>, ControllerError> {
+        let e = self
+            .devices
+            .get_mut(slot.0 as usize)
+            .and_then(Option::take)
             .ok_or(ControllerError::UnknownSlot(slot))?;
         let _ = self.epoll.ctl(
             ControlOperation::Delete,
@@ -1252,39 +1257,18 @@ impl Controller {
         );
         self.free.push(slot.0);
         self.emit(slot, Event::DeviceRemoved);
-        if report.failed.contains(&slot) {
-            // Still returned so the caller can close it; the failure is in the events.
-            tracing::warn!(?slot, "device removed while failed");
-        }
         Ok(e.dev)
     }
 
-    /// VM shutdown: every device leaves low power, then is closed and removed.
+    /// VM shutdown: every device leaves low power (once), then is removed and dropped, so that
+    /// nothing stays engaged.
     pub fn shutdown(&mut self) -> TeardownReport {
         let mut report = TeardownReport::default();
         self.timers.clear();
         let slots: Vec<Slot> = self.slots().collect();
         for slot in slots {
             self.teardown_one(slot, &mut report);
-            if let Ok(mut dev) = self.remove_device(slot) {
-                let r = dev.close();
-                if r.is_err() && !report.failed.contains(&slot) {
-                    report.failed.push(slot);
-                }
-                let ev = TimedEvent {
-                    at_ns: self.clock.now_ns(),
-                    slot,
-                    event: Event::HostCall {
-                        call: HostCall::Close,
-                        epoch: 0,
-                        result: match r {
-                            Ok(()) => CallResult::Ok,
-                            Err(e) => CallResult::err(e),
-                        },
-                    },
-                };
-                self.sink.record(&ev);
-            }
+            drop(self.unregister(slot));
         }
         report
     }
@@ -1292,3 +1276,12 @@ impl Controller {
 
 #[cfg(test)]
 mod tests;
+
+/// Compile-time proof that the controller and its handle can move to (and the handle be
+/// shared with) other threads.
+const _: () = {
+    const fn send<T: Send>() {}
+    const fn send_sync<T: Send + Sync>() {}
+    send::<Controller>();
+    send_sync::<ControllerHandle>();
+};

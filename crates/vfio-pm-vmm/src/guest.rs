@@ -32,7 +32,7 @@ use crate::pme::{
     PMC_OFFSET, PMC_PME_D3COLD, ROOT_CONTROL_OFFSET, ROOT_CTL_PME_IE, ROOT_PME_QUEUE_LEN,
     ROOT_STATUS_OFFSET, ROOT_STA_PME_STATUS,
 };
-use crate::trap::{DeviceSlot, PowerAction};
+use crate::request::{PowerAction, Slot};
 use crate::vmm::{trap_bytes, VmmError, VmmPowerManager};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -47,17 +47,17 @@ const PMCSR_D3HOT: u32 = 0x3;
 pub enum GuestError {
     /// No configured device in this slot.
     #[error("no device in slot {0}")]
-    UnknownDevice(u8),
+    UnknownDevice(u32),
     /// The device has no power resource (`d3cold = false`): the guest never evaluates
     /// `_ON`/`_OFF` for it.
     #[error("slot {0} has no power resource")]
-    NoPowerResource(u8),
+    NoPowerResource(u32),
     /// The request does not fit the guest's view of the device (suspend while suspended,
     /// resume while on).
     #[error("slot {slot}: device is already {state:?}")]
     WrongState {
         /// The device.
-        slot: u8,
+        slot: u32,
         /// Its guest-side state.
         state: GuestPower,
     },
@@ -104,7 +104,7 @@ pub enum Reason {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct GuestStep {
     /// The device.
-    pub device: u8,
+    pub device: u32,
     /// `_ON` or `_OFF`.
     pub action: &'static str,
     /// Why.
@@ -124,7 +124,7 @@ pub struct WakeHandled {
     /// The route it came through.
     pub route: WakeRoute,
     /// The device the AML notified, if any is on that route.
-    pub device: Option<u8>,
+    pub device: Option<u32>,
     /// The resume it caused (`None`: the device was already on, the notification is ignored).
     pub resumed: Option<GuestStep>,
 }
@@ -162,7 +162,7 @@ impl GuestNotifier for GuestInbox {
 struct GuestDevice {
     power: GuestPower,
     has_power_resource: bool,
-    route: WakeRoute,
+    route: Option<WakeRoute>,
     requester_id: u16,
     root_port: Option<PciAddress>,
 }
@@ -180,30 +180,29 @@ impl SimulatedGuest {
     /// `inbox` (the notifier the manager was built with).
     pub fn new(vpm: &VmmPowerManager, inbox: GuestInbox) -> Self {
         let devices = vpm
-            .slots()
-            .filter_map(|s| {
-                let d = vpm.device_config(s)?;
-                Some(GuestDevice {
-                    power: GuestPower::D0,
-                    has_power_resource: d.power_resource.is_some(),
-                    route: vpm.wake_route(s)?,
-                    requester_id: d.requester_id(),
-                    root_port: d.root_port_bdf,
-                })
+            .config()
+            .devices()
+            .iter()
+            .map(|d| GuestDevice {
+                power: GuestPower::D0,
+                has_power_resource: d.power_resource.is_some(),
+                route: d.wake_route(),
+                requester_id: d.requester_id(),
+                root_port: d.root_port_bdf,
             })
             .collect();
         Self { devices, inbox }
     }
 
     /// The guest's view of a device.
-    pub fn power(&self, slot: DeviceSlot) -> Option<GuestPower> {
-        self.devices.get(usize::from(slot.index())).map(|d| d.power)
+    pub fn power(&self, slot: Slot) -> Option<GuestPower> {
+        self.devices.get(slot.index() as usize).map(|d| d.power)
     }
 
-    fn device(&self, slot: DeviceSlot) -> Result<&GuestDevice, GuestError> {
+    fn device(&self, slot: Slot) -> Result<&GuestDevice, GuestError> {
         let d = self
             .devices
-            .get(usize::from(slot.index()))
+            .get(slot.index() as usize)
             .ok_or(GuestError::UnknownDevice(slot.index()))?;
         if !d.has_power_resource {
             return Err(GuestError::NoPowerResource(slot.index()));
@@ -211,8 +210,8 @@ impl SimulatedGuest {
         Ok(d)
     }
 
-    fn set_power(&mut self, slot: DeviceSlot, power: GuestPower) {
-        if let Some(d) = self.devices.get_mut(usize::from(slot.index())) {
+    fn set_power(&mut self, slot: Slot, power: GuestPower) {
+        if let Some(d) = self.devices.get_mut(slot.index() as usize) {
             d.power = power;
         }
     }
@@ -221,12 +220,14 @@ impl SimulatedGuest {
     pub fn trap_write(
         &self,
         vpm: &VmmPowerManager,
-        slot: DeviceSlot,
+        slot: Slot,
         action: PowerAction,
     ) -> Result<TrapWrite, GuestError> {
         self.device(slot)?;
         let d = vpm
-            .device_config(slot)
+            .config()
+            .devices()
+            .get(slot.index() as usize)
             .ok_or(GuestError::UnknownDevice(slot.index()))?;
         let trap = vpm.config().trap();
         Ok(TrapWrite {
@@ -239,7 +240,7 @@ impl SimulatedGuest {
     fn evaluate(
         &mut self,
         vpm: &mut VmmPowerManager,
-        slot: DeviceSlot,
+        slot: Slot,
         action: PowerAction,
         reason: Reason,
     ) -> Result<GuestStep, GuestError> {
@@ -270,7 +271,7 @@ impl SimulatedGuest {
     pub fn runtime_suspend(
         &mut self,
         vpm: &mut VmmPowerManager,
-        slot: DeviceSlot,
+        slot: Slot,
     ) -> Result<GuestStep, GuestError> {
         let d = self.device(slot)?;
         if d.power != GuestPower::D0 {
@@ -293,7 +294,7 @@ impl SimulatedGuest {
     pub fn runtime_resume(
         &mut self,
         vpm: &mut VmmPowerManager,
-        slot: DeviceSlot,
+        slot: Slot,
         reason: Reason,
     ) -> Result<GuestStep, GuestError> {
         let d = self.device(slot)?;
@@ -339,7 +340,7 @@ impl SimulatedGuest {
     fn pme_root_ports(&self) -> Vec<PciAddress> {
         let mut ports = Vec::new();
         for d in &self.devices {
-            if let (WakeRoute::PciPme { .. }, Some(p)) = (d.route, d.root_port) {
+            if let (Some(WakeRoute::PciPme { .. }), Some(p)) = (d.route, d.root_port) {
                 if !ports.contains(&p) {
                     ports.push(p);
                 }
@@ -401,11 +402,7 @@ impl SimulatedGuest {
 
     /// `pci_check_pme_status` on one device: PME_Status set → write it back to clear it, with
     /// PME_En cleared; true if it was set.
-    fn check_pme_status(
-        &self,
-        vpm: &mut VmmPowerManager,
-        slot: DeviceSlot,
-    ) -> Result<bool, GuestError> {
+    fn check_pme_status(&self, vpm: &mut VmmPowerManager, slot: Slot) -> Result<bool, GuestError> {
         let pmcsr = vpm.on_pm_config_read(slot, PMCSR_OFFSET, 2)?;
         if pmcsr & u32::from(PMCSR_PME_STATUS) == 0 {
             return Ok(false);
@@ -423,14 +420,14 @@ impl SimulatedGuest {
         port: PciAddress,
         requester_id: u16,
     ) -> Result<WakeHandled, GuestError> {
-        let behind: Vec<(DeviceSlot, u16)> = self
+        let behind: Vec<(Slot, u16)> = self
             .devices
             .iter()
             .enumerate()
             .filter(|(_, d)| d.root_port == Some(port))
-            .filter_map(|(i, d)| Some((DeviceSlot::new(i as u8)?, d.requester_id)))
+            .map(|(i, d)| (Slot(i as u32), d.requester_id))
             .collect();
-        let exact: Vec<DeviceSlot> = behind
+        let exact: Vec<Slot> = behind
             .iter()
             .filter(|(_, rid)| *rid == requester_id)
             .map(|(s, _)| *s)
@@ -457,7 +454,7 @@ impl SimulatedGuest {
         };
         Ok(WakeHandled {
             route: WakeRoute::PciPme { requester_id },
-            device: device.map(DeviceSlot::index),
+            device: device.map(Slot::index),
             resumed,
         })
     }
@@ -474,8 +471,8 @@ impl SimulatedGuest {
         let device = self
             .devices
             .iter()
-            .position(|d| d.route == route)
-            .and_then(|i| DeviceSlot::new(i as u8));
+            .position(|d| d.route == Some(route))
+            .map(|i| Slot(i as u32));
         let resumed = match device {
             Some(s) if self.power(s) == Some(GuestPower::D3Cold) => {
                 Some(self.runtime_resume(vpm, s, Reason::Wake)?)
@@ -484,7 +481,7 @@ impl SimulatedGuest {
         };
         Ok(Some(WakeHandled {
             route,
-            device: device.map(DeviceSlot::index),
+            device: device.map(Slot::index),
             resumed,
         }))
     }

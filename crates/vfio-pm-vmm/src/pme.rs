@@ -8,7 +8,7 @@
 //!   spec's pending queue.
 //! - [`GuestNotifier`]: how a wake reaches the guest ([`WakeRoute`]: PCI PME, ACPI GPE or a
 //!   GED event), with an irqfd-style implementation ([`EventFdNotifier`]) and a recording
-//!   one for tests and demos ([`RecordingNotifier`]).
+//!   one for tests and demos (`RecordingNotifier`, feature `test-utils`).
 //!
 //! Every register access takes guest-controlled offsets, widths and values; malformed ones
 //! return [`RegisterError`] and never panic.
@@ -692,11 +692,13 @@ impl GuestNotifier for EventFdNotifier {
 }
 
 /// Records every notification (for tests and the demo); always delivers an interrupt.
+#[cfg(any(test, feature = "test-utils"))]
 #[derive(Debug, Default, Clone)]
 pub struct RecordingNotifier {
     log: Arc<Mutex<Vec<WakeRoute>>>,
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl RecordingNotifier {
     /// Empty log.
     pub fn new() -> Self {
@@ -716,6 +718,7 @@ impl RecordingNotifier {
     }
 }
 
+#[cfg(any(test, feature = "test-utils"))]
 impl GuestNotifier for RecordingNotifier {
     fn notify(&self, route: WakeRoute) -> Result<Delivery, NotifyError> {
         lock(&self.log).push(route);

@@ -16,7 +16,7 @@
 //! writes `0x80`; `_ON` of slot 5 writes `0x85`. One event is one byte, which is what QEMU's
 //! `isa-debugcon` records: [`TrapDecoder::decode_stream`] decodes such a capture.
 //!
-//! The generator ([`crate::aml`]) takes its values from [`TrapEvent::encode`], and the decoder is
+//! The generator ([`crate::aml`]) takes its values from [`encode`], and the decoder is
 //! its inverse, so the two cannot drift.
 //!
 //! The power state the guest sees in the power resource's `_STA` is kept in the AML itself (a
@@ -24,7 +24,7 @@
 //! may return zeros ([`TrapDecoder::read_value`]).
 
 use crate::config::{TrapSpace, VmmConfig};
-use std::fmt;
+use crate::request::{GuestRequest, PowerAction, Slot};
 use vfio_pm::PciAddress;
 
 /// Number of device slots the encoding has.
@@ -36,55 +36,14 @@ pub const RESERVED_MASK: u64 = !0xbf;
 /// Bits 0..5: the device slot.
 pub const SLOT_MASK: u64 = 0x3f;
 
-/// A device's slot: its index in the configuration, 0..=63.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct DeviceSlot(u8);
-
-impl DeviceSlot {
-    /// A slot, if `index` fits the encoding.
-    pub fn new(index: u8) -> Option<Self> {
-        (usize::from(index) < MAX_SLOTS).then_some(Self(index))
-    }
-
-    /// The index.
-    pub fn index(self) -> u8 {
-        self.0
-    }
-}
-
-impl fmt::Display for DeviceSlot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "slot {}", self.0)
-    }
-}
-
-/// What the guest asked for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum PowerAction {
-    /// `_ON`: restore power (the VMM brings the device out of low power).
-    PowerOn,
-    /// `_OFF`: remove power (the VMM may put the device into D3cold).
-    PowerOff,
-}
-
-/// One decoded trap write.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct TrapEvent {
-    /// Which device.
-    pub device: DeviceSlot,
-    /// On or off.
-    pub action: PowerAction,
-}
-
-impl TrapEvent {
-    /// The register value for this event (see the module docs).
-    pub fn encode(&self) -> u64 {
-        let on = match self.action {
-            PowerAction::PowerOn => ACTION_ON,
-            PowerAction::PowerOff => 0,
-        };
-        on | u64::from(self.device.index())
-    }
+/// The register value for `request` (see the module docs). The slot must fit the encoding
+/// (`< MAX_SLOTS`, which the configuration guarantees); higher bits are masked off.
+pub fn encode(request: GuestRequest) -> u64 {
+    let on = match request.action {
+        PowerAction::PowerOn => ACTION_ON,
+        PowerAction::PowerOff => 0,
+    };
+    on | (u64::from(request.slot.index()) & SLOT_MASK)
 }
 
 /// A malformed trap access. Guest-controlled: never a panic, always one of these.
@@ -201,13 +160,18 @@ impl TrapDecoder {
     }
 
     /// The PCI address of a slot's device.
-    pub fn pci_address(&self, slot: DeviceSlot) -> Option<PciAddress> {
-        self.slots.get(usize::from(slot.index())).map(|s| s.address)
+    pub fn pci_address(&self, slot: Slot) -> Option<PciAddress> {
+        self.slots.get(slot.index() as usize).map(|s| s.address)
     }
 
     /// Decodes one guest write: `space` and `addr` of the access, `data` the bytes written (little
     /// endian, its length is the access width).
-    pub fn decode(&self, space: TrapSpace, addr: u64, data: &[u8]) -> Result<TrapEvent, TrapError> {
+    pub fn decode(
+        &self,
+        space: TrapSpace,
+        addr: u64,
+        data: &[u8],
+    ) -> Result<GuestRequest, TrapError> {
         if space != self.space {
             return Err(TrapError::WrongSpace {
                 expected: self.space,
@@ -234,7 +198,7 @@ impl TrapDecoder {
     }
 
     /// Decodes a register value (space, address and width already checked by the caller).
-    pub fn decode_value(&self, value: u64) -> Result<TrapEvent, TrapError> {
+    pub fn decode_value(&self, value: u64) -> Result<GuestRequest, TrapError> {
         let reserved = value & RESERVED_MASK;
         if reserved != 0 {
             return Err(TrapError::ReservedBits { value, reserved });
@@ -255,23 +219,21 @@ impl TrapDecoder {
                 address: info.address,
             });
         }
-        let device = DeviceSlot::new(slot).ok_or(TrapError::UnknownSlot {
-            value,
-            slot,
-            devices: self.slots.len(),
-        })?;
         let action = if value & ACTION_ON != 0 {
             PowerAction::PowerOn
         } else {
             PowerAction::PowerOff
         };
-        Ok(TrapEvent { device, action })
+        Ok(GuestRequest {
+            slot: Slot(u32::from(slot)),
+            action,
+        })
     }
 
     /// Decodes a capture of consecutive writes (for example the file QEMU's `isa-debugcon` writes):
     /// the bytes are split into width-sized little-endian values. A trailing partial value is a
     /// [`TrapError::WrongWidth`].
-    pub fn decode_stream(&self, bytes: &[u8]) -> Vec<Result<TrapEvent, TrapError>> {
+    pub fn decode_stream(&self, bytes: &[u8]) -> Vec<Result<GuestRequest, TrapError>> {
         let width = usize::from(self.width.max(1));
         bytes
             .chunks(width)

@@ -8,7 +8,8 @@ mod aml_support;
 use aml_support::*;
 use vfio_pm_vmm::aml;
 use vfio_pm_vmm::config::TrapSpace;
-use vfio_pm_vmm::trap::{DeviceSlot, PowerAction, TrapDecoder, TrapEvent};
+use vfio_pm_vmm::trap::TrapDecoder;
+use vfio_pm_vmm::{GuestRequest, PowerAction, Slot};
 
 fn space_of(acpiexec_space: &str) -> TrapSpace {
     match acpiexec_space {
@@ -19,14 +20,14 @@ fn space_of(acpiexec_space: &str) -> TrapSpace {
 }
 
 /// Decodes what acpiexec saw written, exactly as a VMM would see the access.
-fn decode(dec: &TrapDecoder, w: &RegionWrite) -> TrapEvent {
+fn decode(dec: &TrapDecoder, w: &RegionWrite) -> GuestRequest {
     let bytes = w.value.to_le_bytes();
     dec.decode(space_of(&w.space), w.address, &bytes[..w.width])
         .unwrap_or_else(|e| panic!("decoder refused {w:?}: {e}"))
 }
 
-fn slot(i: u8) -> DeviceSlot {
-    DeviceSlot::new(i).unwrap()
+fn slot(i: u8) -> Slot {
+    Slot(u32::from(i))
 }
 
 #[test]
@@ -67,8 +68,8 @@ fn example_power_resource_traps_and_state_and_gpe_wake() {
     );
     assert_eq!(
         decode(&dec, w),
-        TrapEvent {
-            device: slot(0),
+        GuestRequest {
+            slot: slot(0),
             action: PowerAction::PowerOff
         }
     );
@@ -79,8 +80,8 @@ fn example_power_resource_traps_and_state_and_gpe_wake() {
     assert_eq!((w.address, w.width, w.value), (0x440, 1, 0x80));
     assert_eq!(
         decode(&dec, w),
-        TrapEvent {
-            device: slot(0),
+        GuestRequest {
+            slot: slot(0),
             action: PowerAction::PowerOn
         }
     );
@@ -123,16 +124,16 @@ fn many_devices_each_resource_traps_its_own_slot() {
         assert_eq!(on.writes.len(), 1, "{pr} _ON:\n{log}");
         assert_eq!(
             decode(&dec, &off.writes[0]),
-            TrapEvent {
-                device: slot(*s),
+            GuestRequest {
+                slot: slot(*s),
                 action: PowerAction::PowerOff
             },
             "{pr}"
         );
         assert_eq!(
             decode(&dec, &on.writes[0]),
-            TrapEvent {
-                device: slot(*s),
+            GuestRequest {
+                slot: slot(*s),
                 action: PowerAction::PowerOn
             },
             "{pr}"
@@ -195,8 +196,8 @@ fn root_port_and_declared_devices_load_and_share_resources() {
     assert_eq!(evals[1].integer, Some(0x0000_0001), "{log}");
     assert_eq!(
         decode(&dec, &evals[2].writes[0]),
-        TrapEvent {
-            device: slot(1),
+        GuestRequest {
+            slot: slot(1),
             action: PowerAction::PowerOff
         }
     );
@@ -233,15 +234,15 @@ fn ged_route_notifies_by_slot_and_mmio_trap_is_dword() {
     );
     assert_eq!(
         decode(&dec, w),
-        TrapEvent {
-            device: slot(1),
+        GuestRequest {
+            slot: slot(1),
             action: PowerAction::PowerOff
         }
     );
     assert_eq!(
         decode(&dec, &evals[1].writes[0]),
-        TrapEvent {
-            device: slot(1),
+        GuestRequest {
+            slot: slot(1),
             action: PowerAction::PowerOn
         }
     );
@@ -300,15 +301,15 @@ fn pcie_pme_route_has_no_wake_method_and_keeps_power_objects() {
     assert_eq!(evals[2].integer, Some(4), "root port _S0W\n{log}");
     assert_eq!(
         decode(&dec, &evals[3].writes[0]),
-        TrapEvent {
-            device: slot(0),
+        GuestRequest {
+            slot: slot(0),
             action: PowerAction::PowerOff
         }
     );
     assert_eq!(
         decode(&dec, &evals[4].writes[0]),
-        TrapEvent {
-            device: slot(1),
+        GuestRequest {
+            slot: slot(1),
             action: PowerAction::PowerOn
         }
     );

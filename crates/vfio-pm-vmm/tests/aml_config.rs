@@ -4,7 +4,7 @@ mod aml_support;
 
 use aml_support::*;
 use vfio_pm_vmm::config::{
-    ConfigError, NodeMode, PathError, Problem, VmmConfig, WakeRoute, WakeupMode,
+    ConfigError, NodeMode, PathError, Problem, RouteKind, VmmConfig, WakeupMode,
 };
 
 const DEV: &str = "[[devices]]
@@ -66,7 +66,7 @@ fn the_example_and_defaults_are_accepted() {
     assert_eq!(d.wakeup, WakeupMode::Auto);
     assert_eq!(d.node, NodeMode::Existing);
     assert!(!d.has_prw());
-    assert_eq!(c.wake().route, WakeRoute::Gpe);
+    assert_eq!(c.wake().route, RouteKind::Gpe);
     assert_eq!(c.trap().address, 0x440);
     let c = config(&with(&[], ""));
     assert_eq!(&c.table().oem_id, b"VFIOPM");

@@ -6,22 +6,22 @@ mod aml_support;
 use aml_support::*;
 use vfio_pm_vmm::aml;
 use vfio_pm_vmm::config::TrapSpace;
-use vfio_pm_vmm::trap::{DeviceSlot, PowerAction, TrapDecoder, TrapError, TrapEvent, MAX_SLOTS};
+use vfio_pm_vmm::trap::{encode, TrapDecoder, TrapError, MAX_SLOTS};
+use vfio_pm_vmm::{GuestRequest, PowerAction, Slot};
 
-fn ev(slot: u8, action: PowerAction) -> TrapEvent {
-    TrapEvent {
-        device: DeviceSlot::new(slot).unwrap(),
+fn ev(slot: u32, action: PowerAction) -> GuestRequest {
+    GuestRequest {
+        slot: Slot(slot),
         action,
     }
 }
 
 #[test]
 fn encoding_is_bit7_action_and_bits_0_to_5_slot() {
-    assert_eq!(ev(0, PowerAction::PowerOff).encode(), 0x00);
-    assert_eq!(ev(0, PowerAction::PowerOn).encode(), 0x80);
-    assert_eq!(ev(5, PowerAction::PowerOn).encode(), 0x85);
-    assert_eq!(ev(63, PowerAction::PowerOff).encode(), 0x3f);
-    assert!(DeviceSlot::new(64).is_none());
+    assert_eq!(encode(ev(0, PowerAction::PowerOff)), 0x00);
+    assert_eq!(encode(ev(0, PowerAction::PowerOn)), 0x80);
+    assert_eq!(encode(ev(5, PowerAction::PowerOn)), 0x85);
+    assert_eq!(encode(ev(63, PowerAction::PowerOff)), 0x3f);
     assert_eq!(MAX_SLOTS, 64);
 }
 
@@ -35,12 +35,12 @@ fn every_configured_resource_round_trips_through_generator_values() {
             let got = dec.decode(TrapSpace::Io, 0x440, &[v as u8]).unwrap();
             assert_eq!(
                 got,
-                TrapEvent {
-                    device: d.slot,
+                GuestRequest {
+                    slot: d.slot,
                     action
                 }
             );
-            assert_eq!(dec.pci_address(got.device), Some(d.pci_address));
+            assert_eq!(dec.pci_address(got.slot), Some(d.pci_address));
         }
     }
 }

@@ -3,14 +3,12 @@
 
 use std::sync::mpsc;
 use std::time::Duration;
-use vfio_pm::{
-    Errno, FeatureError, HostDevice, HostKnob, PciAddress, PowerObservation, PowerState,
-};
+use vfio_pm::{Errno, FeatureError, HostKnob, PciAddress, PowerDevice, PowerState, CONFIG_REGION};
 use vfio_pm_sim::{DeviceConfig, KernelVersion, Platform, SimDevice, SimHost};
 use vfio_pm_vmm::controller::{
-    Controller, ControllerConfig, ControllerError, DeviceSettings, Event, EventLog, FallbackReason,
-    HostCall, HostPower, LowPowerVariant, ManualClock, RequestOutcome, Slot, SuppressReason,
-    WakeupPolicy,
+    Controller, ControllerConfig, ControllerError, DeviceSettings, EntryPolicy, Event, EventLog,
+    FallbackReason, HostCall, HostPower, LowPowerVariant, ManualClock, RequestOutcome, Slot,
+    SuppressReason,
 };
 use vfio_pm_vmm::pme::{RecordingNotifier, WakeRoute};
 
@@ -63,7 +61,7 @@ impl Rig {
         let mut slots = Vec::new();
         for (i, &(vendor, class)) in devs.iter().enumerate() {
             let dev = host.open(addr(i)).unwrap();
-            let mut s = DeviceSettings::new(vendor, 0x2204, class, route(i));
+            let mut s = DeviceSettings::new(vendor, Some(0x2204), class, Some(route(i)));
             s.min_residency = Duration::ZERO;
             tweak(i, &mut s);
             slots.push(ctl.add_device(Box::new(dev), s).unwrap());
@@ -179,7 +177,12 @@ fn own_ioctl_on_armed_device_is_suppressed_and_rearmed() {
     r.ctl.power_off(s).unwrap();
     r.host.run_pending();
     // The hypervisor's own ioctl (e.g. GET_INFO) resumes the device and signals.
-    let res = r.ctl.host_access(s, |d| d.device_ioctl()).unwrap();
+    let res = r
+        .ctl
+        .host_access(s, |d| {
+            d.region_read(CONFIG_REGION, 0, &mut [0u8; 2]).map(|_| ())
+        })
+        .unwrap();
     assert_eq!(res, Ok(()));
     r.poll();
     assert_eq!(r.pmes.count(), 0);
@@ -194,7 +197,12 @@ fn own_ioctl_on_armed_device_is_suppressed_and_rearmed() {
     r.poll();
     assert_eq!(r.pmes.count(), 1);
     // Own ioctls on a non-armed device are plain.
-    r.ctl.host_access(s, |d| d.device_ioctl()).unwrap().unwrap();
+    r.ctl
+        .host_access(s, |d| {
+            d.region_read(CONFIG_REGION, 0, &mut [0u8; 2]).map(|_| ())
+        })
+        .unwrap()
+        .unwrap();
     r.poll();
     assert_eq!(r.pmes.count(), 1);
 }
@@ -224,14 +232,14 @@ fn guest_requests_and_wake_in_one_batch_through_the_handle() {
     let mut r = Rig::new(Platform::D3cold, KernelVersion::V6_1, &[NVIDIA_GPU]);
     let s = r.slots[0];
     let h = r.ctl.handle();
-    h.submit(vfio_pm_vmm::controller::GuestRequest::PowerOff(s))
+    h.submit(vfio_pm_vmm::controller::GuestRequest::power_off(s))
         .unwrap();
     r.poll();
     assert_eq!(r.ctl.power(s), Some(HostPower::Armed));
     r.host.run_pending();
     // Host wake and guest _ON both pending when the controller next runs.
     r.host.host_config_read(addr(0)).unwrap();
-    h.submit(vfio_pm_vmm::controller::GuestRequest::PowerOn(s))
+    h.submit(vfio_pm_vmm::controller::GuestRequest::power_on(s))
         .unwrap();
     r.poll();
     // Either order is consistent: never more than one PME, device on, nothing engaged.
@@ -248,7 +256,12 @@ fn host_wake_while_guest_turns_off() {
     // The host touches the device after ENTRY but before the asynchronous suspend: the
     // device never suspended, so the kernel does not signal; the arming stays valid.
     r.host.host_config_read(addr(0)).unwrap();
-    r.ctl.host_access(s, |d| d.device_ioctl()).unwrap().unwrap();
+    r.ctl
+        .host_access(s, |d| {
+            d.region_read(CONFIG_REGION, 0, &mut [0u8; 2]).map(|_| ())
+        })
+        .unwrap()
+        .unwrap();
     r.poll();
     assert_eq!(r.pmes.count(), 0);
     assert_eq!(r.ctl.power(s), Some(HostPower::Armed));
@@ -427,7 +440,7 @@ fn old_kernel_falls_back_to_d3hot_through_pmcsr() {
 /// simulated kernel; everything else goes to the model).
 struct EntryErrno(SimDevice, Errno);
 
-impl HostDevice for EntryErrno {
+impl PowerDevice for EntryErrno {
     fn address(&self) -> PciAddress {
         self.0.address()
     }
@@ -438,35 +451,14 @@ impl HostDevice for EntryErrno {
         }
         self.0.device_feature(argsz, flags, payload)
     }
-    fn device_ioctl(&self) -> Result<(), Errno> {
-        self.0.device_ioctl()
-    }
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         self.0.region_read(region, offset, buf)
     }
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         self.0.region_write(region, offset, data)
     }
-    fn bar_mmap_access(&self, region: u32) -> Result<vfio_pm::MmapAccess, Errno> {
-        self.0.bar_mmap_access(region)
-    }
-    fn host_config_read(&self) -> Result<(), Errno> {
-        self.0.host_config_read()
-    }
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
         self.0.set_host_knob(knob)
-    }
-    fn reset(&self) -> Result<(), Errno> {
-        self.0.reset()
-    }
-    fn close(&mut self) -> Result<(), Errno> {
-        self.0.close()
-    }
-    fn observe(&self) -> Result<PowerObservation, Errno> {
-        self.0.observe()
-    }
-    fn settle(&self, limit: Duration) -> Result<PowerObservation, Errno> {
-        self.0.settle(limit)
     }
 }
 
@@ -485,7 +477,7 @@ fn injected(errno: Errno) -> (SimHost, Controller, EventLog, Slot) {
         Box::new(log.clone()),
     )
     .unwrap();
-    let mut s = DeviceSettings::new(NVIDIA_GPU.0, 0, NVIDIA_GPU.1, route(0));
+    let mut s = DeviceSettings::new(NVIDIA_GPU.0, None, NVIDIA_GPU.1, Some(route(0)));
     s.min_residency = Duration::ZERO;
     s.host_pm_cap = Some(0xc8);
     let slot = ctl.add_device(Box::new(dev), s).unwrap();
@@ -634,7 +626,7 @@ fn wakeup_policy_never_on_nvidia_uses_plain_entry() {
         Platform::D3cold,
         KernelVersion::V6_1,
         &[NVIDIA_GPU],
-        |_, s| s.wakeup = WakeupPolicy::Never,
+        |_, s| s.entry = EntryPolicy::Plain,
     );
     assert_eq!(r.ctl.variant(r.slots[0]), Some(LowPowerVariant::Entry));
 }
@@ -682,7 +674,7 @@ fn removed_slot_events_are_ignored_and_slots_reused() {
         r.ctl.power_on(s),
         Err(ControllerError::UnknownSlot(_))
     ));
-    let mut st = DeviceSettings::new(NVIDIA_GPU.0, 0, NVIDIA_GPU.1, route(9));
+    let mut st = DeviceSettings::new(NVIDIA_GPU.0, None, NVIDIA_GPU.1, Some(route(9)));
     st.min_residency = Duration::ZERO;
     let s2 = r.ctl.add_device(dev, st).unwrap();
     assert_eq!(s2, s, "slot reused");
@@ -718,7 +710,7 @@ fn thousands_of_devices_on_one_epoll_thread() {
         let mut slots = Vec::new();
         for i in 0..N {
             let dev = thread_host.open(addr(i)).unwrap();
-            let mut s = DeviceSettings::new(NVIDIA_GPU.0, 0, NVIDIA_GPU.1, route(i));
+            let mut s = DeviceSettings::new(NVIDIA_GPU.0, None, NVIDIA_GPU.1, Some(route(i)));
             s.min_residency = Duration::ZERO;
             slots.push(ctl.add_device(Box::new(dev), s).unwrap());
         }
@@ -730,7 +722,7 @@ fn thousands_of_devices_on_one_epoll_thread() {
     let (handle, slots) = rx.recv().unwrap();
     for &s in &slots {
         handle
-            .submit(vfio_pm_vmm::controller::GuestRequest::PowerOff(s))
+            .submit(vfio_pm_vmm::controller::GuestRequest::power_off(s))
             .unwrap();
     }
     // Wait (bounded) until the controller thread has armed every device.

@@ -7,7 +7,7 @@ use std::io::ErrorKind;
 use std::time::Duration;
 use vfio_pm::{PciAddress, PowerState};
 use vfio_pm_sim::KernelVersion;
-use vfio_pm_vmm::config::{Problem, VmmConfig, WakeRoute as ConfigRoute};
+use vfio_pm_vmm::config::{Problem, RouteKind as ConfigRoute, VmmConfig};
 use vfio_pm_vmm::controller::{Event, HostPower, LowPowerVariant, RequestOutcome};
 use vfio_pm_vmm::guest::{GuestPower, Reason};
 use vfio_pm_vmm::pme::{
@@ -113,7 +113,7 @@ impl Rig {
         );
     }
     fn deliveries(&self, i: usize) -> Vec<Delivery> {
-        let s = self.vpm.controller_slot(slot(i)).unwrap();
+        let s = slot(i);
         self.log
             .snapshot()
             .into_iter()
@@ -131,19 +131,19 @@ fn configuration_chooses_the_root_port_route() {
     let r = rig();
     assert_eq!(r.vpm.config().wake().route, ConfigRoute::PciePme);
     assert_eq!(
-        r.vpm.wake_route(slot(GPU0)),
+        r.vpm.settings(slot(GPU0)).and_then(|s| s.route),
         Some(WakeRoute::PciPme {
             requester_id: 0x0100
         })
     );
     assert_eq!(
-        r.vpm.wake_route(slot(GPU1)),
+        r.vpm.settings(slot(GPU1)).and_then(|s| s.route),
         Some(WakeRoute::PciPme {
             requester_id: 0x0101
         })
     );
     assert_eq!(
-        r.vpm.wake_route(slot(NIC)),
+        r.vpm.settings(slot(NIC)).and_then(|s| s.route),
         Some(WakeRoute::AcpiGpe { gpe: 0x10 })
     );
     for i in [GPU0, GPU1] {
@@ -152,14 +152,18 @@ fn configuration_chooses_the_root_port_route() {
             Some(LowPowerVariant::EntryWithWakeup)
         );
         // The root port BDF given once applies to every device behind it.
-        assert_eq!(
-            r.vpm.device_config(slot(i)).unwrap().root_port_bdf,
-            Some(port())
-        );
+        assert_eq!(r.vpm.config().devices()[i].root_port_bdf, Some(port()));
     }
     assert_eq!(r.vpm.root_ports().collect::<Vec<_>>(), vec![port()]);
     assert_eq!(
-        r.vpm.root_port_path(port()).unwrap().asl(),
+        r.vpm
+            .config()
+            .root_ports()
+            .iter()
+            .find(|p| p.pci_address == Some(port()))
+            .unwrap()
+            .acpi_path
+            .asl(),
         "\\_SB.PCI0.RP00"
     );
     let rp = &r.vpm.config().root_ports()[0];
@@ -209,7 +213,7 @@ fn full_chain_pme_status_root_status_one_interrupt_then_on() {
             requester_id: 0x0100
         }
     );
-    assert_eq!(handled[0].device, Some(GPU0 as u8));
+    assert_eq!(handled[0].device, Some(GPU0 as u32));
     let step = handled[0].resumed.as_ref().unwrap();
     assert_eq!((step.action, step.reason), ("_ON", Reason::Wake));
     assert_eq!(step.trap.data, vec![0x80]);
@@ -238,7 +242,7 @@ fn full_chain_pme_status_root_status_one_interrupt_then_on() {
     r.host_wake(GPU0);
     let handled = r.guest.handle_wakes(&mut r.vpm).unwrap();
     assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].device, Some(GPU0 as u8));
+    assert_eq!(handled[0].device, Some(GPU0 as u32));
     assert!(handled[0].resumed.is_some());
     assert_eq!(r.root_status(), 0);
     assert_eq!(r.vpm.stats(slot(GPU0)).unwrap().pme_delivered, 2);
@@ -292,7 +296,7 @@ fn second_pme_is_pending_and_delivered_when_the_first_is_cleared() {
         .handle_root_port_interrupt(&mut r.vpm, port())
         .unwrap();
     assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].device, Some(GPU1 as u8));
+    assert_eq!(handled[0].device, Some(GPU1 as u32));
     assert_eq!(
         handled[0].resumed.as_ref().unwrap().outcome,
         RequestOutcome::AlreadyExited
@@ -323,7 +327,7 @@ fn one_interrupt_serves_both_requests_like_linux() {
     );
     let handled = r.guest.handle_wakes(&mut r.vpm).unwrap();
     let devices: Vec<_> = handled.iter().map(|h| h.device).collect();
-    assert_eq!(devices, vec![Some(GPU1 as u8), Some(GPU0 as u8)]);
+    assert_eq!(devices, vec![Some(GPU1 as u32), Some(GPU0 as u32)]);
     assert!(handled.iter().all(|h| h.resumed.is_some()));
     assert_eq!(r.root_status(), 0);
     assert_eq!(r.root_control() & u32::from(ROOT_CTL_PME_IE), 0x8);
@@ -375,7 +379,7 @@ fn interrupt_disabled_latches_until_the_guest_enables_it() {
         .handle_root_port_interrupt(&mut r.vpm, port())
         .unwrap();
     assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].device, Some(GPU0 as u8));
+    assert_eq!(handled[0].device, Some(GPU0 as u32));
     assert_eq!(r.root_status(), 0);
 }
 

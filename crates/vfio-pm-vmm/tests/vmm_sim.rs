@@ -5,16 +5,14 @@ use std::time::Duration;
 use vfio_pm::PowerState;
 use vfio_pm_sim::{KernelVersion, Platform, SimHost};
 use vfio_pm_vmm::config::{TrapSpace, VmmConfig};
-use vfio_pm_vmm::controller::{
-    Event, EventLog, HostCall, HostPower, LowPowerVariant, ManualClock, RequestOutcome,
-};
+use vfio_pm_vmm::controller::{Event, HostCall, HostPower, LowPowerVariant, RequestOutcome};
 use vfio_pm_vmm::guest::{GuestError, GuestInbox, GuestPower, Reason};
 use vfio_pm_vmm::pme::{
     PciPowerState, WakeRoute, PMCSR_OFFSET, PMCSR_PME_EN, PMCSR_PME_STATUS, PMC_OFFSET,
     PMC_PME_D3COLD,
 };
-use vfio_pm_vmm::trap::{DeviceSlot, PowerAction};
 use vfio_pm_vmm::vmm::{SsdtSummary, VmmError, VmmPowerManager};
+use vfio_pm_vmm::{PowerAction, Slot};
 use vmm_support::{host_addr, slot, Rig};
 
 /// GPU (wakeup variant), its HDMI audio (plain), a NIC (plain), and a device without a power
@@ -94,7 +92,7 @@ impl Rig {
             .unwrap()
     }
     fn count(&self, i: usize, pred: impl Fn(&Event) -> bool) -> usize {
-        let s = self.vpm.controller_slot(slot(i)).unwrap();
+        let s = slot(i);
         self.log.count(s, pred)
     }
 }
@@ -109,7 +107,7 @@ fn settings_follow_the_configuration() {
     assert_eq!(r.vpm.variant(slot(HDA)), Some(LowPowerVariant::Entry));
     assert_eq!(r.vpm.variant(slot(NIC)), Some(LowPowerVariant::Entry));
     assert_eq!(
-        r.vpm.wake_route(slot(GPU)),
+        r.vpm.settings(slot(GPU)).and_then(|s| s.route),
         Some(WakeRoute::AcpiGpe { gpe: 0x10 })
     );
     assert_eq!(r.vpm.settings(slot(NIC)).unwrap().d3cold, Some(true));
@@ -198,7 +196,7 @@ fn malformed_trap_writes_change_nothing() {
     assert_eq!(r.pmcsr(GPU), pmcsr);
     assert!(matches!(
         r.vpm.on_pm_config_read(slot(9), 4, 2),
-        Err(VmmError::UnknownSlot(9))
+        Err(VmmError::UnknownSlot(Slot(9)))
     ));
 }
 
@@ -247,7 +245,7 @@ fn gpu_full_chain_off_wake_one_pme_on() {
     // The guest takes the Notify and resumes through _ON (0x80).
     let handled = r.guest.handle_wakes(&mut r.vpm).unwrap();
     assert_eq!(handled.len(), 1);
-    assert_eq!(handled[0].device, Some(GPU as u8));
+    assert_eq!(handled[0].device, Some(GPU as u32));
     let resumed = handled[0].resumed.as_ref().unwrap();
     assert_eq!(resumed.trap.data, vec![0x80]);
     assert_eq!(resumed.reason, Reason::Wake);
@@ -358,11 +356,7 @@ fn guest_refuses_nonsense_and_devices_without_power_resource() {
         GuestError::UnknownDevice(7)
     ));
     assert_eq!(
-        r.log
-            .count(r.vpm.controller_slot(slot(GPU)).unwrap(), |e| matches!(
-                e,
-                Event::Guest { .. }
-            )),
+        r.log.count(slot(GPU), |e| matches!(e, Event::Guest { .. })),
         0
     );
 }
@@ -458,15 +452,9 @@ fn device_count_must_match_the_configuration() {
     let config = VmmConfig::from_toml_str(CONFIG).unwrap();
     let host = SimHost::new(Platform::D3cold);
     let dev = host.open(host.addresses()[0]).unwrap();
-    let err = VmmPowerManager::new(
-        config,
-        vec![Box::new(dev)],
-        Box::new(GuestInbox::new()),
-        Box::new(ManualClock::new()),
-        Box::new(EventLog::new()),
-    )
-    .err()
-    .unwrap();
+    let err = VmmPowerManager::new(config, vec![Box::new(dev)], GuestInbox::new())
+        .err()
+        .unwrap();
     assert!(matches!(
         err,
         VmmError::DeviceCount {
@@ -497,10 +485,10 @@ fn arbitrary_guest_writes_never_panic() {
         };
         let addr = if v & 1 << 41 != 0 { 0x440 } else { v >> 48 };
         match r.vpm.on_trap_write(space, addr, &data) {
-            Ok(out) => assert_eq!(out.event.device.index() as usize, data[0] as usize & 0x3f),
+            Ok(out) => assert_eq!(out.request.slot.index() as usize, data[0] as usize & 0x3f),
             Err(e) => assert!(e.is_guest_error() || matches!(e, VmmError::Controller(_))),
         }
-        let s = DeviceSlot::new((v >> 32) as u8 % 64).unwrap();
+        let s = Slot(((v >> 32) % 64) as u32);
         let _ =
             r.vpm
                 .on_pm_config_write(s, (v >> 8) as usize % 12, (v >> 16) as usize % 6, v as u32);

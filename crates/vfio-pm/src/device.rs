@@ -60,6 +60,14 @@ pub enum OpenError {
         /// Its group.
         group: u32,
     },
+    /// Asking the kernel about the open device's regions failed.
+    #[error("{address}: VFIO_DEVICE_GET_INFO / GET_REGION_INFO failed: {errno}")]
+    DeviceInfo {
+        /// The device.
+        address: PciAddress,
+        /// The kernel's answer.
+        errno: nix::errno::Errno,
+    },
     /// Anything else from the VFIO open sequence.
     #[error("opening {address} through VFIO failed: {source}")]
     Vfio {
@@ -160,20 +168,6 @@ impl VfioPciDevice {
     /// The PCI address.
     pub fn address(&self) -> PciAddress {
         self.sysfs.address()
-    }
-
-    /// Offset of VFIO region `index` within the device fd (for pread/pwrite), and its size.
-    pub fn region(&self, index: u32) -> (u64, u64) {
-        (
-            self.device.get_region_offset(index),
-            self.device.get_region_size(index),
-        )
-    }
-
-    /// The `VFIO_REGION_INFO_FLAG_*` bits of region `index` (0 for an index the device does
-    /// not have).
-    pub fn region_flags(&self, index: u32) -> u32 {
-        self.device.get_region_flags(index)
     }
 }
 

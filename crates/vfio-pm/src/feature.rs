@@ -112,13 +112,12 @@ pub fn device_feature(fd: impl AsFd, argsz: u32, flags: u32, payload: &[u8]) -> 
         .chunks_exact(4)
         .map(|c| u32::from_ne_bytes([c[0], c[1], c[2], c[3]]))
         .collect();
-    let raw = fd.as_fd().as_raw_fd();
     // SAFETY: `buf` is a live, 4-byte aligned allocation of at least `argsz` bytes that starts
     // with a `vfio_device_feature` header; the kernel reads at most `argsz` bytes from it and
     // writes only within `argsz` (GET); the fd is borrowed for the duration of the call.
     let ret = unsafe {
         vmm_sys_util::ioctl::ioctl_with_mut_ptr(
-            &RawFdRef(raw),
+            &fd.as_fd(),
             VFIO_DEVICE_FEATURE_IOCTL(),
             buf.as_mut_ptr(),
         )
@@ -130,14 +129,6 @@ pub fn device_feature(fd: impl AsFd, argsz: u32, flags: u32, payload: &[u8]) -> 
     }
 }
 
-/// Adapter: `vmm_sys_util::ioctl` wants `AsRawFd`.
-struct RawFdRef(std::os::fd::RawFd);
-impl AsRawFd for RawFdRef {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        self.0
-    }
-}
-
 /// The payload bytes of ENTRY_WITH_WAKEUP for an eventfd number.
 pub fn wakeup_payload(eventfd: i32) -> [u8; 8] {
     let mut p = [0u8; 8];
@@ -145,16 +136,17 @@ pub fn wakeup_payload(eventfd: i32) -> [u8; 8] {
     p
 }
 
-/// Asks whether the device supports each low-power feature (PROBE|SET; no state change).
+/// PROBE|SET of each low-power feature through `call`.
 ///
 /// ENOTTY (older kernel, or a driver without the feature) and EINVAL (≤6.17 kernels with no
 /// `device_feature` op) both mean "not supported"; other errors are returned.
-pub fn probe(fd: impl AsFd) -> Result<Support, FeatureError> {
-    let fd = fd.as_fd();
+pub fn probe_with(
+    call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
+) -> Result<Support, FeatureError> {
     let mut support = Support::default();
     for feature in LowPowerFeature::ALL {
         let flags = FLAG_PROBE | FLAG_SET | feature.index();
-        let ok = match device_feature(fd, HEADER_SIZE, flags, &[]) {
+        let ok = match call(HEADER_SIZE, flags, &[]) {
             Ok(()) => true,
             Err(Errno::ENOTTY) | Err(Errno::EINVAL) => false,
             Err(e) => return Err(FeatureError::from_errno(feature, e)),
@@ -168,31 +160,64 @@ pub fn probe(fd: impl AsFd) -> Result<Support, FeatureError> {
     Ok(support)
 }
 
-/// Requests low power; the host re-enters it after every host-side access until [`exit`].
-pub fn enter(fd: impl AsFd) -> Result<(), FeatureError> {
-    let f = LowPowerFeature::Entry;
-    device_feature(fd, HEADER_SIZE, FLAG_SET | f.index(), &[])
-        .map_err(|e| FeatureError::from_errno(f, e))
+/// SET of a payload-less feature through `call`, errno typed.
+fn set_with(
+    feature: LowPowerFeature,
+    call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
+) -> Result<(), FeatureError> {
+    call(HEADER_SIZE, FLAG_SET | feature.index(), &[])
+        .map_err(|e| FeatureError::from_errno(feature, e))
 }
 
-/// Requests low power; the first host-side wake signals `wakeup` once and leaves low power.
-pub fn enter_with_wakeup(fd: impl AsFd, wakeup: &EventFd) -> Result<(), FeatureError> {
+/// LOW_POWER_ENTRY through `call`.
+pub fn enter_with(call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>) -> Result<(), FeatureError> {
+    set_with(LowPowerFeature::Entry, call)
+}
+
+/// LOW_POWER_ENTRY_WITH_WAKEUP with `wakeup` through `call`.
+pub fn enter_with_wakeup_with(
+    wakeup: &EventFd,
+    call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
+) -> Result<(), FeatureError> {
     let f = LowPowerFeature::EntryWithWakeup;
-    let payload = wakeup_payload(wakeup.as_raw_fd());
-    device_feature(
-        fd,
+    call(
         HEADER_SIZE + WAKEUP_PAYLOAD_SIZE,
         FLAG_SET | f.index(),
-        &payload,
+        &wakeup_payload(wakeup.as_raw_fd()),
     )
     .map_err(|e| FeatureError::from_errno(f, e))
 }
 
+/// LOW_POWER_EXIT through `call`.
+pub fn exit_with(call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>) -> Result<(), FeatureError> {
+    set_with(LowPowerFeature::Exit, call)
+}
+
+/// Asks whether the device supports each low-power feature (PROBE|SET; no state change).
+/// See [`probe_with`] for how errors are read.
+pub fn probe(fd: impl AsFd) -> Result<Support, FeatureError> {
+    let fd = fd.as_fd();
+    probe_with(|argsz, flags, payload| device_feature(fd, argsz, flags, payload))
+}
+
+/// Requests low power; the host re-enters it after every host-side access until [`exit`].
+pub fn enter(fd: impl AsFd) -> Result<(), FeatureError> {
+    let fd = fd.as_fd();
+    enter_with(|argsz, flags, payload| device_feature(fd, argsz, flags, payload))
+}
+
+/// Requests low power; the first host-side wake signals `wakeup` once and leaves low power.
+pub fn enter_with_wakeup(fd: impl AsFd, wakeup: &EventFd) -> Result<(), FeatureError> {
+    let fd = fd.as_fd();
+    enter_with_wakeup_with(wakeup, |argsz, flags, payload| {
+        device_feature(fd, argsz, flags, payload)
+    })
+}
+
 /// Leaves low power. Idempotent: succeeds when not in low power.
 pub fn exit(fd: impl AsFd) -> Result<(), FeatureError> {
-    let f = LowPowerFeature::Exit;
-    device_feature(fd, HEADER_SIZE, FLAG_SET | f.index(), &[])
-        .map_err(|e| FeatureError::from_errno(f, e))
+    let fd = fd.as_fd();
+    exit_with(|argsz, flags, payload| device_feature(fd, argsz, flags, payload))
 }
 
 #[cfg(test)]

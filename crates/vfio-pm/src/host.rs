@@ -1,17 +1,18 @@
 //! The seam between "a host device with VFIO low-power support" and its backends.
 //!
-//! [`HostDevice`] is what the kernel exposes for one opened vfio-pci device: the feature ioctl,
-//! other device ioctls, region access, host-side sysfs access, reset, close, and observation of
-//! the power state. The real kernel ([`crate::KernelDevice`]) and the simulated host
-//! (`vfio-pm-sim`) implement it; the hypervisor side, the CLI and the conformance scenarios are
-//! written once against it. [`LowPower`] adds the typed feature calls on top of any backend.
+//! [`PowerDevice`] is the narrow part a hypervisor needs for one open vfio-pci device: the
+//! feature ioctl, region access (for the PMCSR fallback) and the host's `d3cold_allowed` knob.
+//! [`ConformanceDevice`] adds what conformance scenarios and diagnostics need (other ioctls, BAR
+//! mappings, host sysfs config reads, reset, close, observation). The real kernel
+//! ([`crate::KernelDevice`]) and the simulated host (`vfio-pm-sim`) implement both; the
+//! hypervisor side, the CLI and the conformance scenarios are written once against them.
+//! [`LowPower`] adds the typed feature calls on top of any [`PowerDevice`].
 
 use crate::error::FeatureError;
-use crate::feature::{self, LowPowerFeature, Support, FLAG_PROBE, FLAG_SET, HEADER_SIZE};
+use crate::feature::{self, Support};
 use crate::pci::PciAddress;
 use crate::power::PowerObservation;
 use nix::errno::Errno;
-use std::os::fd::AsRawFd;
 use std::time::Duration;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -48,12 +49,13 @@ pub enum HostKnob {
     D3ColdAllowed(bool),
 }
 
-/// One opened VFIO PCI device on a host, real or simulated.
+/// One open VFIO PCI device, as the low-power controller drives it.
 ///
-/// Every method reports failures as the errno the kernel would return, so that the same scenario
-/// can be run on both backends and the outcomes compared exactly. After [`HostDevice::close`],
-/// every device call fails with `EBADF` (the fd is gone), like a real closed fd.
-pub trait HostDevice {
+/// This is all a hypervisor hands the controller: the device a VMM already owns (its fd in the
+/// VM's own container, or an fd obtained another way), real or simulated. Every failure is the
+/// errno the kernel would return. `Send`, so that a controller holding devices can live behind
+/// the lock a VMM shares between its vCPU threads and its event loop.
+pub trait PowerDevice: Send {
     /// The PCI address of the device.
     fn address(&self) -> PciAddress;
 
@@ -62,14 +64,27 @@ pub trait HostDevice {
     /// process.
     fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno>;
 
-    /// Any other device ioctl (`VFIO_DEVICE_GET_INFO`): the kernel resumes the device around it.
-    fn device_ioctl(&self) -> Result<(), Errno>;
-
-    /// `pread` on a VFIO region of the device fd. Returns the number of bytes read.
+    /// `pread` on a VFIO region of the device fd. Returns the number of bytes read. A region
+    /// index the device does not have fails with EINVAL, as `VFIO_DEVICE_GET_REGION_INFO` does.
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno>;
 
-    /// `pwrite` on a VFIO region of the device fd. Returns the number of bytes written.
+    /// `pwrite` on a VFIO region of the device fd. Returns the number of bytes written. A
+    /// region index the device does not have fails with EINVAL.
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno>;
+
+    /// Writes a host-side sysfs knob.
+    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno>;
+}
+
+/// The operations beyond [`PowerDevice`] that conformance scenarios, the CLI's diagnostics and
+/// the simulated host need: other ioctls, BAR mappings, host sysfs config reads, reset, close,
+/// observation. A VMM never needs to implement it.
+///
+/// After [`ConformanceDevice::close`], every device call fails with `EBADF` (the fd is gone),
+/// like a real closed fd.
+pub trait ConformanceDevice: PowerDevice {
+    /// Any other device ioctl (`VFIO_DEVICE_GET_INFO`): the kernel resumes the device around it.
+    fn device_ioctl(&self) -> Result<(), Errno>;
 
     /// Touches (reads 4 bytes at the start of) an `mmap` of VFIO region `region` of the device
     /// fd. The kernel's fault handler never resumes the device: it answers SIGBUS while low
@@ -80,9 +95,6 @@ pub trait HostDevice {
 
     /// A host-side read of the device's config space through sysfs (what `lspci -xxx` does).
     fn host_config_read(&self) -> Result<(), Errno>;
-
-    /// Writes a host-side sysfs knob.
-    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno>;
 
     /// `VFIO_DEVICE_RESET`.
     fn reset(&self) -> Result<(), Errno>;
@@ -98,64 +110,39 @@ pub trait HostDevice {
     fn settle(&self, limit: Duration) -> Result<PowerObservation, Errno>;
 }
 
-/// The typed low-power calls, available on every [`HostDevice`].
-pub trait LowPower: HostDevice {
+/// The typed low-power calls, available on every [`PowerDevice`].
+pub trait LowPower: PowerDevice {
     /// Which low-power features the device offers (PROBE; no state change).
     fn probe_low_power(&self) -> Result<Support, FeatureError> {
-        let mut support = Support::default();
-        for f in LowPowerFeature::ALL {
-            let ok = match self.device_feature(HEADER_SIZE, FLAG_PROBE | FLAG_SET | f.index(), &[])
-            {
-                Ok(()) => true,
-                Err(Errno::ENOTTY) | Err(Errno::EINVAL) => false,
-                Err(e) => return Err(FeatureError::from_errno(f, e)),
-            };
-            match f {
-                LowPowerFeature::Entry => support.entry = ok,
-                LowPowerFeature::EntryWithWakeup => support.entry_with_wakeup = ok,
-                LowPowerFeature::Exit => support.exit = ok,
-            }
-        }
-        Ok(support)
+        feature::probe_with(|argsz, flags, payload| self.device_feature(argsz, flags, payload))
     }
 
     /// LOW_POWER_ENTRY.
     fn enter_low_power(&self) -> Result<(), FeatureError> {
-        let f = LowPowerFeature::Entry;
-        self.device_feature(HEADER_SIZE, FLAG_SET | f.index(), &[])
-            .map_err(|e| FeatureError::from_errno(f, e))
+        feature::enter_with(|argsz, flags, payload| self.device_feature(argsz, flags, payload))
     }
 
     /// LOW_POWER_ENTRY_WITH_WAKEUP with `wakeup` as the eventfd.
     fn enter_low_power_with_wakeup(&self, wakeup: &EventFd) -> Result<(), FeatureError> {
-        let f = LowPowerFeature::EntryWithWakeup;
-        self.device_feature(
-            HEADER_SIZE + feature::WAKEUP_PAYLOAD_SIZE,
-            FLAG_SET | f.index(),
-            &feature::wakeup_payload(wakeup.as_raw_fd()),
-        )
-        .map_err(|e| FeatureError::from_errno(f, e))
+        feature::enter_with_wakeup_with(wakeup, |argsz, flags, payload| {
+            self.device_feature(argsz, flags, payload)
+        })
     }
 
     /// LOW_POWER_EXIT.
     fn exit_low_power(&self) -> Result<(), FeatureError> {
-        let f = LowPowerFeature::Exit;
-        self.device_feature(HEADER_SIZE, FLAG_SET | f.index(), &[])
-            .map_err(|e| FeatureError::from_errno(f, e))
+        feature::exit_with(|argsz, flags, payload| self.device_feature(argsz, flags, payload))
     }
 }
 
-impl<T: HostDevice + ?Sized> LowPower for T {}
+impl<T: PowerDevice + ?Sized> LowPower for T {}
 
-impl<T: HostDevice + ?Sized> HostDevice for Box<T> {
+impl<T: PowerDevice + ?Sized> PowerDevice for Box<T> {
     fn address(&self) -> PciAddress {
         (**self).address()
     }
     fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
         (**self).device_feature(argsz, flags, payload)
-    }
-    fn device_ioctl(&self) -> Result<(), Errno> {
-        (**self).device_ioctl()
     }
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
         (**self).region_read(region, offset, buf)
@@ -163,14 +150,20 @@ impl<T: HostDevice + ?Sized> HostDevice for Box<T> {
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
         (**self).region_write(region, offset, data)
     }
+    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
+        (**self).set_host_knob(knob)
+    }
+}
+
+impl<T: ConformanceDevice + ?Sized> ConformanceDevice for Box<T> {
+    fn device_ioctl(&self) -> Result<(), Errno> {
+        (**self).device_ioctl()
+    }
     fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
         (**self).bar_mmap_access(region)
     }
     fn host_config_read(&self) -> Result<(), Errno> {
         (**self).host_config_read()
-    }
-    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
-        (**self).set_host_knob(knob)
     }
     fn reset(&self) -> Result<(), Errno> {
         (**self).reset()

@@ -1,11 +1,18 @@
-//! The real-kernel backend of [`HostDevice`]: an open vfio-pci device fd plus its sysfs files.
+//! The real-kernel backend of [`PowerDevice`] and [`ConformanceDevice`]: an open vfio-pci
+//! device fd plus its sysfs files.
+//!
+//! The fd can come from three places: [`KernelDevice::open`] opens the device by PCI address in
+//! a container of its own (the CLI's diagnostics); [`KernelDevice::from_vfio_device`] shares a
+//! VMM's `vfio_ioctls::VfioDevice`, already in the VM's own container;
+//! [`KernelDevice::from_device_fd`] takes any VFIO device fd (duplicated from another process, a
+//! cdev opened through iommufd, ...).
 
 use crate::device::{OpenError, VfioPciDevice};
 use crate::feature;
-use crate::host::{HostDevice, HostKnob, MmapAccess};
+use crate::host::{ConformanceDevice, HostKnob, MmapAccess, PowerDevice};
 use crate::pci::PciAddress;
 use crate::power::{PowerObservation, RuntimeStatus};
-use crate::sysfs::{Sysfs, SysfsDevice};
+use crate::sysfs::{Sysfs, SysfsDevice, SysfsError};
 use nix::errno::Errno;
 use nix::sys::mman::{MapFlags, ProtFlags};
 use nix::sys::signal::Signal;
@@ -13,18 +20,26 @@ use nix::sys::wait::WaitStatus;
 use nix::unistd::ForkResult;
 use std::ffi::c_void;
 use std::num::NonZeroUsize;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::ptr::NonNull;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use vfio_bindings::bindings::vfio::{vfio_device_info, VFIO_REGION_INFO_FLAG_MMAP};
+use vfio_bindings::bindings::vfio::{
+    vfio_device_info, vfio_region_info, VFIO_REGION_INFO_FLAG_MMAP,
+};
+use vfio_ioctls::VfioDevice;
 
-use crate::ioctl_nr::{VFIO_DEVICE_GET_INFO_IOCTL, VFIO_DEVICE_RESET_IOCTL};
+use crate::ioctl_nr::{
+    VFIO_DEVICE_GET_INFO_IOCTL, VFIO_DEVICE_GET_REGION_INFO_IOCTL, VFIO_DEVICE_RESET_IOCTL,
+};
 
 /// How long `settle` waits for an active device to stay active before calling it stable.
 const ACTIVE_QUIET: Duration = Duration::from_millis(500);
 
-/// Length of a BAR mapping made by [`HostDevice::bar_mmap_access`] (one page; the kernel
+/// Regions asked about at most (vfio-pci has 9 standard ones plus a few device-specific).
+const MAX_REGIONS: u32 = 64;
+
+/// Length of a BAR mapping made by [`ConformanceDevice::bar_mmap_access`] (one page; the kernel
 /// rounds the length up to the page size anyway).
 const MMAP_LEN: usize = 4096;
 
@@ -36,47 +51,162 @@ struct BarMapping {
     addr: usize,
 }
 
+/// What `VFIO_DEVICE_GET_REGION_INFO` said about one region.
+#[derive(Clone, Copy, Debug)]
+struct RegionInfo {
+    index: u32,
+    offset: u64,
+    size: u64,
+    flags: u32,
+}
+
+/// Where the device fd comes from (see the module documentation).
+enum DeviceFd {
+    Opened(VfioPciDevice),
+    Shared(Arc<VfioDevice>),
+    Fd(OwnedFd),
+}
+
+impl AsFd for DeviceFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            DeviceFd::Opened(d) => d.as_fd(),
+            // SAFETY: the fd is owned by the `VfioDevice`, which the `Arc` held in `self` keeps
+            // open for as long as the returned borrow lives.
+            DeviceFd::Shared(d) => unsafe { BorrowedFd::borrow_raw(d.as_raw_fd()) },
+            DeviceFd::Fd(fd) => fd.as_fd(),
+        }
+    }
+}
+
+impl std::fmt::Debug for DeviceFd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = match self {
+            DeviceFd::Opened(_) => "opened",
+            DeviceFd::Shared(_) => "shared VfioDevice",
+            DeviceFd::Fd(_) => "fd",
+        };
+        write!(f, "{kind} fd {}", self.as_fd().as_raw_fd())
+    }
+}
+
 /// A vfio-pci device on the running kernel.
 ///
-/// BAR mappings made by [`HostDevice::bar_mmap_access`] are kept (one per region) until
-/// [`HostDevice::close`] or drop, so that a mapping made before LOW_POWER_ENTRY is touched
+/// BAR mappings made by [`ConformanceDevice::bar_mmap_access`] are kept (one per region) until
+/// [`ConformanceDevice::close`] or drop, so that a mapping made before LOW_POWER_ENTRY is touched
 /// again after it, like a VMM's guest RAM mapping of a BAR.
+///
+/// Region offsets come from `VFIO_DEVICE_GET_INFO` and `VFIO_DEVICE_GET_REGION_INFO`, asked
+/// once when the device is wrapped (ioctls: the kernel resumes a suspended device around them).
+/// An access to a region index the device does not have then fails with EINVAL without any
+/// ioctl, as the kernel's own read path answers (`vfio_pci_rw` checks the index before it
+/// resumes the device), instead of silently reading another region.
 #[derive(Debug)]
 pub struct KernelDevice {
     address: PciAddress,
     sysfs: SysfsDevice,
-    device: Option<VfioPciDevice>,
+    fd: Option<DeviceFd>,
+    regions: Vec<RegionInfo>,
     mappings: Mutex<Vec<BarMapping>>,
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl KernelDevice {
-    /// Opens the device (see [`VfioPciDevice::open`]).
+    /// Opens the device by PCI address in a container of its own (see [`VfioPciDevice::open`]).
+    /// For diagnostics: a VMM's device is already in the VM's container, and a group is
+    /// exclusive, so a VMM wraps its own device with [`KernelDevice::from_vfio_device`] or
+    /// [`KernelDevice::from_device_fd`] instead.
     pub fn open(sysfs: &Sysfs, address: PciAddress) -> Result<Self, OpenError> {
         let device = VfioPciDevice::open(sysfs, address)?;
+        let dir = device.sysfs().clone();
+        Self::with_fd(dir, DeviceFd::Opened(device))
+    }
+
+    /// Wraps a device a VMM opened with `vfio-ioctls` in the VM's own container; the VMM keeps
+    /// using its `Arc`. `address` is the host PCI address of that device (its sysfs directory is
+    /// used for the `d3cold_allowed` knob and host config reads).
+    pub fn from_vfio_device(
+        sysfs: &Sysfs,
+        address: PciAddress,
+        device: Arc<VfioDevice>,
+    ) -> Result<Self, OpenError> {
+        Self::with_fd(sysfs.device(address)?, DeviceFd::Shared(device))
+    }
+
+    /// Wraps any open VFIO device fd of the device at host PCI `address`: one obtained from
+    /// another process (`pidfd_getfd`), from `VFIO_GROUP_GET_DEVICE_FD` on a group the caller
+    /// holds, or an iommufd cdev. A VMM that only lends an fd passes a duplicate
+    /// (`BorrowedFd::try_clone_to_owned`): it is the same open file, so the low-power calls act
+    /// on the VMM's device.
+    pub fn from_device_fd(
+        sysfs: &Sysfs,
+        address: PciAddress,
+        fd: OwnedFd,
+    ) -> Result<Self, OpenError> {
+        Self::with_fd(sysfs.device(address)?, DeviceFd::Fd(fd))
+    }
+
+    /// Asks the kernel for the device's regions once, so that no later access falls back to a
+    /// default for a region the device does not have.
+    fn with_fd(sysfs: SysfsDevice, fd: DeviceFd) -> Result<Self, OpenError> {
+        let address = sysfs.address();
+        let regions =
+            query_regions(fd.as_fd()).map_err(|errno| OpenError::DeviceInfo { address, errno })?;
         Ok(Self {
             address,
-            sysfs: device.sysfs().clone(),
-            device: Some(device),
+            sysfs,
+            fd: Some(fd),
+            regions,
             mappings: Mutex::new(Vec::new()),
         })
     }
 
-    fn mappings(&self) -> MutexGuard<'_, Vec<BarMapping>> {
-        self.mappings.lock().unwrap_or_else(|e| e.into_inner())
+    /// The device's sysfs directory.
+    pub fn sysfs(&self) -> &SysfsDevice {
+        &self.sysfs
+    }
+
+    /// The open device fd, or EBADF after close.
+    pub fn fd(&self) -> Result<BorrowedFd<'_>, Errno> {
+        self.fd.as_ref().map(AsFd::as_fd).ok_or(Errno::EBADF)
+    }
+
+    /// Offset, size and flags of region `index`; EINVAL for an index the device does not have.
+    fn region(&self, index: u32) -> Result<RegionInfo, Errno> {
+        self.fd()?;
+        self.regions
+            .iter()
+            .find(|r| r.index == index)
+            .copied()
+            .ok_or(Errno::EINVAL)
+    }
+
+    /// The file offset of `offset` within region `index` for an access of `len` bytes; EINVAL
+    /// for a region the device does not have or an access past its end.
+    fn region_offset(&self, index: u32, offset: u64, len: usize) -> Result<i64, Errno> {
+        let r = self.region(index)?;
+        let end = offset.checked_add(len as u64).ok_or(Errno::EINVAL)?;
+        if end > r.size {
+            return Err(Errno::EINVAL);
+        }
+        i64::try_from(r.offset + offset).map_err(|_| Errno::EINVAL)
     }
 
     /// The kept mapping of `region`, made now if there is none.
     fn mapping(&self, region: u32) -> Result<usize, Errno> {
-        let dev = self.device()?;
-        let mut maps = self.mappings();
+        let info = self.region(region)?;
+        let fd = self.fd()?;
+        let mut maps = lock(&self.mappings);
         if let Some(m) = maps.iter().find(|m| m.region == region) {
             return Ok(m.addr);
         }
-        if dev.region_flags(region) & VFIO_REGION_INFO_FLAG_MMAP == 0 {
+        if info.flags & VFIO_REGION_INFO_FLAG_MMAP == 0 {
             return Err(Errno::EINVAL);
         }
-        let (base, _) = dev.region(region);
-        let offset = i64::try_from(base).map_err(|_| Errno::EINVAL)?;
+        let offset = i64::try_from(info.offset).map_err(|_| Errno::EINVAL)?;
         let len = NonZeroUsize::new(MMAP_LEN).ok_or(Errno::EINVAL)?;
         // SAFETY: FFI. A new shared read-only mapping at an address the kernel chooses, so no
         // existing memory is affected; it is only read through `read_volatile` in a forked
@@ -87,7 +217,7 @@ impl KernelDevice {
                 len,
                 ProtFlags::PROT_READ,
                 MapFlags::MAP_SHARED,
-                dev,
+                fd,
                 offset,
             )
         }?;
@@ -99,7 +229,7 @@ impl KernelDevice {
     /// Unmaps every kept BAR mapping (a mapping holds a reference on the device file, so the
     /// device would not be released by close while one exists).
     fn unmap_all(&self) {
-        for m in self.mappings().drain(..) {
+        for m in lock(&self.mappings).drain(..) {
             if let Some(ptr) = NonNull::new(m.addr as *mut c_void) {
                 // SAFETY: FFI. `ptr` is the start of a MMAP_LEN mapping made by `mapping` and
                 // removed from the list here, so it is unmapped exactly once and never read
@@ -108,22 +238,52 @@ impl KernelDevice {
             }
         }
     }
+}
 
-    /// The open device, or EBADF after close.
-    pub fn device(&self) -> Result<&VfioPciDevice, Errno> {
-        self.device.as_ref().ok_or(Errno::EBADF)
+/// Every region the kernel describes (`num_regions` from `VFIO_DEVICE_GET_INFO`); an index the
+/// kernel refuses (EINVAL: the VGA region of a non-VGA device) is left out.
+fn query_regions(fd: BorrowedFd<'_>) -> Result<Vec<RegionInfo>, Errno> {
+    let mut info = vfio_device_info {
+        argsz: std::mem::size_of::<vfio_device_info>() as u32,
+        ..Default::default()
+    };
+    // SAFETY: `info` is a properly sized and initialised vfio_device_info whose argsz matches
+    // its size; the kernel writes only within it; the fd is open for the call.
+    let ret = unsafe {
+        vmm_sys_util::ioctl::ioctl_with_mut_ref(&fd, VFIO_DEVICE_GET_INFO_IOCTL(), &mut info)
+    };
+    if ret < 0 {
+        return Err(Errno::last());
     }
-
-    fn ioctl_no_arg(&self, nr: std::os::raw::c_ulong) -> Result<(), Errno> {
-        let dev = self.device()?;
-        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is open for the call.
-        let ret = unsafe { vmm_sys_util::ioctl::ioctl(&RawFd(dev.as_fd()), nr) };
-        if ret < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(())
+    let mut regions = Vec::new();
+    for index in 0..info.num_regions.min(MAX_REGIONS) {
+        let mut r = vfio_region_info {
+            argsz: std::mem::size_of::<vfio_region_info>() as u32,
+            index,
+            ..Default::default()
+        };
+        // SAFETY: `r` is a properly sized and initialised vfio_region_info whose argsz matches
+        // its size (no capability chain is asked for); the kernel writes only within it; the
+        // fd is open for the call.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(
+                &fd,
+                VFIO_DEVICE_GET_REGION_INFO_IOCTL(),
+                &mut r,
+            )
+        };
+        match ret {
+            0.. => regions.push(RegionInfo {
+                index,
+                offset: r.offset,
+                size: r.size,
+                flags: r.flags,
+            }),
+            _ if Errno::last() == Errno::EINVAL => {}
+            _ => return Err(Errno::last()),
         }
     }
+    Ok(regions)
 }
 
 impl Drop for KernelDevice {
@@ -169,69 +329,34 @@ fn touch_in_child(addr: usize) -> Result<MmapAccess, Errno> {
     }
 }
 
-struct RawFd<'a>(std::os::fd::BorrowedFd<'a>);
-impl std::os::fd::AsRawFd for RawFd<'_> {
-    fn as_raw_fd(&self) -> std::os::fd::RawFd {
-        std::os::fd::AsRawFd::as_raw_fd(&self.0)
-    }
-}
-
 fn io_errno(e: std::io::Error) -> Errno {
     Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
-impl HostDevice for KernelDevice {
+fn sysfs_errno(e: SysfsError) -> Errno {
+    match e {
+        SysfsError::Io { source, .. } => io_errno(source),
+        SysfsError::NoSuchDevice { .. } => Errno::ENODEV,
+    }
+}
+
+impl PowerDevice for KernelDevice {
     fn address(&self) -> PciAddress {
         self.address
     }
 
     fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
-        feature::device_feature(self.device()?, argsz, flags, payload)
-    }
-
-    fn device_ioctl(&self) -> Result<(), Errno> {
-        let dev = self.device()?;
-        let mut info = vfio_device_info {
-            argsz: std::mem::size_of::<vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `info` is a properly sized and initialised vfio_device_info whose argsz
-        // matches its size; the kernel writes only within it; the fd is open for the call.
-        let ret = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(
-                &RawFd(dev.as_fd()),
-                VFIO_DEVICE_GET_INFO_IOCTL(),
-                &mut info,
-            )
-        };
-        if ret < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(())
-        }
+        feature::device_feature(self.fd()?, argsz, flags, payload)
     }
 
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        let dev = self.device()?;
-        let (base, _) = dev.region(region);
-        nix::sys::uio::pread(dev, buf, (base + offset) as i64)
+        let at = self.region_offset(region, offset, buf.len())?;
+        nix::sys::uio::pread(self.fd()?, buf, at)
     }
 
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        let dev = self.device()?;
-        let (base, _) = dev.region(region);
-        nix::sys::uio::pwrite(dev, data, (base + offset) as i64)
-    }
-
-    fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
-        touch_in_child(self.mapping(region)?)
-    }
-
-    fn host_config_read(&self) -> Result<(), Errno> {
-        self.sysfs.read_config().map(|_| ()).map_err(|e| match e {
-            crate::sysfs::SysfsError::Io { source, .. } => io_errno(source),
-            crate::sysfs::SysfsError::NoSuchDevice { .. } => Errno::ENODEV,
-        })
+        let at = self.region_offset(region, offset, data.len())?;
+        nix::sys::uio::pwrite(self.fd()?, data, at)
     }
 
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
@@ -240,19 +365,51 @@ impl HostDevice for KernelDevice {
             HostKnob::RuntimePmAllowed(false) => ("power/control", "on"),
             HostKnob::D3ColdAllowed(on) => ("d3cold_allowed", if on { "1" } else { "0" }),
         };
-        self.sysfs.write(file, value).map_err(|e| match e {
-            crate::sysfs::SysfsError::Io { source, .. } => io_errno(source),
-            crate::sysfs::SysfsError::NoSuchDevice { .. } => Errno::ENODEV,
-        })
+        self.sysfs.write(file, value).map_err(sysfs_errno)
+    }
+}
+
+impl ConformanceDevice for KernelDevice {
+    fn device_ioctl(&self) -> Result<(), Errno> {
+        let fd = self.fd()?;
+        let mut info = vfio_device_info {
+            argsz: std::mem::size_of::<vfio_device_info>() as u32,
+            ..Default::default()
+        };
+        // SAFETY: `info` is a properly sized and initialised vfio_device_info whose argsz
+        // matches its size; the kernel writes only within it; the fd is open for the call.
+        let ret = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(&fd, VFIO_DEVICE_GET_INFO_IOCTL(), &mut info)
+        };
+        if ret < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
+    }
+
+    fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
+        touch_in_child(self.mapping(region)?)
+    }
+
+    fn host_config_read(&self) -> Result<(), Errno> {
+        self.sysfs.read_config().map(|_| ()).map_err(sysfs_errno)
     }
 
     fn reset(&self) -> Result<(), Errno> {
-        self.ioctl_no_arg(VFIO_DEVICE_RESET_IOCTL())
+        let fd = self.fd()?;
+        // SAFETY: VFIO_DEVICE_RESET takes no argument; the fd is open for the call.
+        let ret = unsafe { vmm_sys_util::ioctl::ioctl(&fd, VFIO_DEVICE_RESET_IOCTL()) };
+        if ret < 0 {
+            Err(Errno::last())
+        } else {
+            Ok(())
+        }
     }
 
     fn close(&mut self) -> Result<(), Errno> {
         self.unmap_all();
-        self.device.take().map(drop).ok_or(Errno::EBADF)
+        self.fd.take().map(drop).ok_or(Errno::EBADF)
     }
 
     fn observe(&self) -> Result<PowerObservation, Errno> {

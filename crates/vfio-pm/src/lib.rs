@@ -6,18 +6,22 @@
 //!
 //! - [`feature`]: PROBE / ENTRY / ENTRY_WITH_WAKEUP / EXIT on any VFIO device fd (`AsFd`), whether
 //!   it came from a group (`VFIO_GROUP_GET_DEVICE_FD`) or an iommufd cdev (`/dev/vfio/devices/vfioN`).
-//! - [`HostDevice`]: the seam between a host device and its two backends, the real kernel
-//!   ([`KernelDevice`]) and the simulated host (crate `vfio-pm-sim`); [`LowPower`] gives every
-//!   backend the typed calls.
+//! - [`PowerDevice`]: the narrow, `Send` seam the hypervisor side drives (feature calls, region
+//!   access, the `d3cold_allowed` knob), with two backends: the real kernel ([`KernelDevice`]:
+//!   open by address, or wrap a device or fd the VMM already has) and the simulated host (crate
+//!   `vfio-pm-sim`). [`LowPower`] gives every backend the typed calls; [`ConformanceDevice`]
+//!   adds what conformance scenarios and diagnostics need.
 //! - [`sysfs`]: power state, runtime status, residency counters, firmware power resources and more,
 //!   with a configurable root.
 //!
 //! ```no_run
-//! use vfio_pm::{KernelDevice, LowPower, HostDevice, Sysfs};
+//! use vfio_pm::{ConformanceDevice, KernelDevice, LowPower, Sysfs};
 //! use vmm_sys_util::eventfd::EventFd;
 //! use std::time::Duration;
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Diagnostics open the device by address; a VMM wraps its own device instead
+//! // (`KernelDevice::from_vfio_device` or `KernelDevice::from_device_fd`).
 //! let dev = KernelDevice::open(&Sysfs::from_env(), "0000:00:05.0".parse()?)?;
 //! if dev.probe_low_power()?.entry_with_wakeup {
 //!     let wake = EventFd::new(0)?;
@@ -42,6 +46,7 @@
 pub mod device;
 pub mod doctor;
 pub mod error;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod fake_sysfs;
 pub mod feature;
 pub mod host;
@@ -55,7 +60,9 @@ pub mod sysfs;
 pub use device::{OpenError, VfioPciDevice};
 pub use error::FeatureError;
 pub use feature::{LowPowerFeature, Support};
-pub use host::{HostDevice, HostKnob, LowPower, MmapAccess, BAR0_REGION, CONFIG_REGION};
+pub use host::{
+    ConformanceDevice, HostKnob, LowPower, MmapAccess, PowerDevice, BAR0_REGION, CONFIG_REGION,
+};
 pub use kernel::KernelDevice;
 pub use nix::errno::Errno;
 pub use pci::{PciAddress, PciAddressError};

@@ -23,14 +23,14 @@
 //! |---|---|
 //! | `open` | the factory (group open + get device fd); EBUSY-like errors are recorded |
 //! | `reopen` | `close` (if open) then `open` |
-//! | `close` | [`HostDevice::close`](vfio_pm::HostDevice::close) |
+//! | `close` | [`ConformanceDevice::close`](vfio_pm::ConformanceDevice::close) |
 //! | `settle` | nothing (the runner settles after every step) |
 //! | `feature FLAGS [argsz=N] [efd=NAME] [fd=-1\|badfd\|file\|N] [reserved=N] [payload=HEX]` | VFIO_DEVICE_FEATURE |
 //! | `ioctl` | another device ioctl (VFIO_DEVICE_GET_INFO) |
 //! | `config-read` | host sysfs config read (`lspci -xxx`) |
 //! | `region-read config\|bar0\|N OFFSET LEN` | `pread` on a region |
 //! | `region-write config\|bar0\|N OFFSET HEXBYTES` | `pwrite` on a region |
-//! | `mmap-touch bar0\|N` | [`HostDevice::bar_mmap_access`](vfio_pm::HostDevice::bar_mmap_access): touches the device's mapping of the region (the kernel backend maps it on first use and keeps it until close); result `ok` or `SIGBUS` |
+//! | `mmap-touch bar0\|N` | [`ConformanceDevice::bar_mmap_access`](vfio_pm::ConformanceDevice::bar_mmap_access): touches the device's mapping of the region (the kernel backend maps it on first use and keeps it until close); result `ok` or `SIGBUS` |
 //! | `pmcsr D0\|D1\|D2\|D3hot` | guest PMCSR write: finds the PM capability by walking the capability list through the config region, writes PM cap + 4 |
 //! | `pmcsr read` | reads the PMCSR state bits the same way; result `ok=D0` .. `ok=D3hot` |
 //! | `knob control=on\|auto`, `knob d3cold=0\|1` | sysfs `power/control`, `d3cold_allowed` |

@@ -1,4 +1,4 @@
-//! The runner: drives any [`HostDevice`] backend through a [`Scenario`] and records a [`Trace`].
+//! The runner: drives any [`ConformanceDevice`] backend through a [`Scenario`] and records a [`Trace`].
 
 use super::parse::{Fd, FeatureStep, Knob, PmcsrStep, Scenario, Step, StepKind};
 use super::trace::{Trace, TraceLine};
@@ -6,7 +6,7 @@ use nix::errno::Errno;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::time::Duration;
-use vfio_pm::{EventFd, HostDevice, HostKnob, MmapAccess, CONFIG_REGION};
+use vfio_pm::{ConformanceDevice, EventFd, HostKnob, MmapAccess, CONFIG_REGION};
 
 /// The fd number used for `fd=badfd`: far above any open descriptor, so the kernel's fd lookup
 /// fails with EBADF.
@@ -15,7 +15,7 @@ pub const BAD_FD: i32 = 0x3fff_fff0;
 /// How the runner waits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RunOptions {
-    /// The limit passed to [`HostDevice::settle`] after each settling step.
+    /// The limit passed to [`ConformanceDevice::settle`] after each settling step.
     pub settle_limit: Duration,
     /// Interleavings for `nosettle` steps: when bit `i` is set, the host's asynchronous work
     /// still runs after the `i`-th `nosettle` step of the scenario (a settle whose observation
@@ -39,7 +39,7 @@ impl Default for RunOptions {
 /// `KernelDevice::open`), or the errno to record.
 pub fn run(
     scenario: &Scenario,
-    open: &mut dyn FnMut() -> Result<Box<dyn HostDevice>, Errno>,
+    open: &mut dyn FnMut() -> Result<Box<dyn ConformanceDevice>, Errno>,
 ) -> Trace {
     run_with(scenario, open, &RunOptions::default())
 }
@@ -48,7 +48,7 @@ pub fn run(
 /// the trace.
 pub fn run_with(
     scenario: &Scenario,
-    open: &mut dyn FnMut() -> Result<Box<dyn HostDevice>, Errno>,
+    open: &mut dyn FnMut() -> Result<Box<dyn ConformanceDevice>, Errno>,
     options: &RunOptions,
 ) -> Trace {
     let mut trace = Trace {
@@ -115,9 +115,9 @@ pub fn run_with(
 }
 
 struct Runner<'a> {
-    device: Option<Box<dyn HostDevice>>,
+    device: Option<Box<dyn ConformanceDevice>>,
     efds: Vec<(String, EventFd)>,
-    open: &'a mut dyn FnMut() -> Result<Box<dyn HostDevice>, Errno>,
+    open: &'a mut dyn FnMut() -> Result<Box<dyn ConformanceDevice>, Errno>,
 }
 
 impl Runner<'_> {
@@ -165,7 +165,7 @@ impl From<Option<String>> for Outcome {
 }
 
 fn do_step(
-    dev: &mut dyn HostDevice,
+    dev: &mut dyn ConformanceDevice,
     kind: &StepKind,
     efds: &[(String, EventFd)],
 ) -> Result<Outcome, Errno> {
@@ -210,7 +210,11 @@ fn do_step(
     r.map(Outcome::from)
 }
 
-fn feature(dev: &dyn HostDevice, f: &FeatureStep, efds: &[(String, EventFd)]) -> Result<(), Errno> {
+fn feature(
+    dev: &dyn ConformanceDevice,
+    f: &FeatureStep,
+    efds: &[(String, EventFd)],
+) -> Result<(), Errno> {
     // Kept open until the call returns.
     let mut _file = None;
     let payload = match (&f.payload, &f.fd, f.reserved) {
@@ -245,7 +249,7 @@ fn feature(dev: &dyn HostDevice, f: &FeatureStep, efds: &[(String, EventFd)]) ->
 }
 
 /// Finds the PM capability by walking the capability list through the config region.
-fn find_pm_cap(dev: &dyn HostDevice) -> Result<u64, Errno> {
+fn find_pm_cap(dev: &dyn ConformanceDevice) -> Result<u64, Errno> {
     let mut b = [0u8; 1];
     dev.region_read(CONFIG_REGION, 0x34, &mut b)?;
     let mut at = u64::from(b[0] & !3);
@@ -263,7 +267,7 @@ fn find_pm_cap(dev: &dyn HostDevice) -> Result<u64, Errno> {
     Err(Errno::ENODEV)
 }
 
-fn pmcsr(dev: &dyn HostDevice, step: PmcsrStep) -> Result<Option<String>, Errno> {
+fn pmcsr(dev: &dyn ConformanceDevice, step: PmcsrStep) -> Result<Option<String>, Errno> {
     let at = find_pm_cap(dev)? + 4;
     let mut v = [0u8; 2];
     dev.region_read(CONFIG_REGION, at, &mut v)?;

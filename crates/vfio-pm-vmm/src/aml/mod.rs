@@ -57,14 +57,16 @@
 //! The route is per device ([`DeviceConfig::route`]), so one table can mix them.
 
 pub mod ops;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod tools;
 
+#[cfg(any(test, feature = "test-utils"))]
 pub use tools::{compile_asl, disassemble, disassemble_full, AmlToolError, IaslOutput};
 
 use crate::config::{
-    AcpiPath, DeviceConfig, GpeTrigger, NameSeg, NodeMode, TrapSpace, VmmConfig, WakeRoute,
+    AcpiPath, DeviceConfig, GpeTrigger, NameSeg, NodeMode, RouteKind, TrapSpace, VmmConfig,
 };
-use crate::trap::{PowerAction, TrapEvent};
+use crate::request::{GuestRequest, PowerAction};
 use acpi_tables::aml::{
     self, Arg, Equal, Field, FieldAccessType, FieldEntry, FieldLockRule, FieldUpdateRule, If,
     Method, Name, Notify, OpRegion, OpRegionSpace, Package, Path, Return, Scope, Store,
@@ -119,11 +121,10 @@ fn trap_field_path() -> AcpiPath {
 
 /// The value `_ON` (or `_OFF`) of `device` writes to the trap register.
 pub fn trap_value(device: &DeviceConfig, action: PowerAction) -> u64 {
-    TrapEvent {
-        device: device.slot,
+    crate::trap::encode(GuestRequest {
+        slot: device.slot,
         action,
-    }
-    .encode()
+    })
 }
 
 /// The GPE method name for `gpe`: `_Exx` or `_Lxx` (xx upper-case hex).
@@ -232,7 +233,7 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
         let trigger = config.wake().trigger;
         let methods: Vec<(NameSeg, &AcpiPath)> = devices
             .iter()
-            .filter(|d| d.has_wake() && d.route == WakeRoute::Gpe)
+            .filter(|d| d.has_wake() && d.route == RouteKind::Gpe)
             .filter_map(|d| d.gpe.map(|g| (gpe_method_name(g, trigger), &d.acpi_path)))
             .collect();
         if !methods.is_empty() {
@@ -285,9 +286,10 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
     let woken: Vec<&DeviceConfig> = config
         .devices()
         .iter()
-        .filter(|d| d.has_wake() && d.route == WakeRoute::Ged)
+        .filter(|d| d.has_wake() && d.route == RouteKind::Ged)
         .collect();
-    let slots: Vec<u8> = woken.iter().map(|d| d.slot.index()).collect();
+    // Slots are below 64 (the configuration refuses more devices): a ByteConst, as iasl emits.
+    let slots: Vec<u8> = woken.iter().map(|d| d.slot.index() as u8).collect();
     let conds: Vec<Equal> = slots.iter().map(|s| Equal::new(&Arg(0), s)).collect();
     let notifies: Vec<Notify> = woken
         .iter()

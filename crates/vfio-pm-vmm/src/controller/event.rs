@@ -1,11 +1,10 @@
 //! Typed, timestamped controller events, the clock they are stamped with, and sinks.
 
-use super::{GuestAction, HostPower, LowPowerVariant, Slot};
+use super::{HostPower, LowPowerVariant, PowerAction, Slot};
 use crate::pme::{Delivery, WakeRoute};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use vfio_pm::{Errno, PciAddress};
 
 /// A monotonic time source, in nanoseconds since an arbitrary origin. Injectable so that
@@ -42,38 +41,10 @@ impl Clock for MonotonicClock {
     }
 }
 
-/// A clock moved by hand; clones share the same time.
-#[derive(Debug, Clone, Default)]
-pub struct ManualClock(Arc<AtomicU64>);
-
-impl ManualClock {
-    /// At time 0.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Moves time forward.
-    pub fn advance(&self, d: Duration) {
-        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        self.0.fetch_add(ns, Ordering::AcqRel);
-    }
-    /// Sets the time.
-    pub fn set_ns(&self, ns: u64) {
-        self.0.store(ns, Ordering::Release);
-    }
-}
-
-impl Clock for ManualClock {
-    fn now_ns(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-}
-
 /// A host call the controller made on a device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HostCall {
-    /// `PROBE` of the three low-power features.
-    Probe,
     /// `LOW_POWER_ENTRY`.
     Entry,
     /// `LOW_POWER_ENTRY_WITH_WAKEUP`.
@@ -87,10 +58,6 @@ pub enum HostCall {
     PmcsrD3Hot,
     /// Fallback: PMCSR PowerState = D0 through the config region.
     PmcsrD0,
-    /// The hypervisor's own access bracketed by [`super::Controller::host_access`].
-    OwnAccess,
-    /// Closing the device fd.
-    Close,
 }
 
 /// The result of a host call.
@@ -172,12 +139,12 @@ pub enum Event {
     /// The guest's `_ON`/`_OFF` trap.
     Guest {
         /// What the guest asked for.
-        action: GuestAction,
+        action: PowerAction,
     },
     /// A guest request was refused.
     GuestRejected {
         /// What the guest asked for.
-        action: GuestAction,
+        action: PowerAction,
         /// Why.
         reason: RejectReason,
     },

@@ -4,7 +4,12 @@
 use super::*;
 
 fn settings(vendor: u16, class: u32) -> DeviceSettings {
-    DeviceSettings::new(vendor, 0x1234, class, WakeRoute::Ged { event: 0 })
+    DeviceSettings::new(
+        vendor,
+        Some(0x1234),
+        class,
+        Some(WakeRoute::Ged { event: 0 }),
+    )
 }
 
 #[test]
@@ -42,13 +47,13 @@ fn variant_choice_auto_always_never_and_configured_list() {
         LowPowerVariant::EntryWithWakeup
     );
     let mut s = settings(0x8086, 0x020000);
-    s.device = 0x10d3;
+    s.device = Some(0x10d3);
     assert_eq!(v(&s), LowPowerVariant::EntryWithWakeup);
     let mut s = settings(0x10de, 0x030000);
-    s.wakeup = WakeupPolicy::Never;
+    s.entry = EntryPolicy::Plain;
     assert_eq!(v(&s), LowPowerVariant::Entry);
     let mut s = settings(0x8086, 0x020000);
-    s.wakeup = WakeupPolicy::Always;
+    s.entry = EntryPolicy::WithWakeup;
     assert_eq!(v(&s), LowPowerVariant::EntryWithWakeup);
 }
 

@@ -3,13 +3,13 @@
 #![allow(dead_code)]
 
 use std::time::Duration;
-use vfio_pm::{HostDevice, PciAddress};
+use vfio_pm::{PciAddress, PowerDevice};
 use vfio_pm_sim::{DeviceConfig, KernelVersion, Platform, SimHost};
 use vfio_pm_vmm::config::VmmConfig;
 use vfio_pm_vmm::controller::{EventLog, ManualClock};
 use vfio_pm_vmm::guest::{GuestInbox, SimulatedGuest};
-use vfio_pm_vmm::trap::DeviceSlot;
 use vfio_pm_vmm::vmm::VmmPowerManager;
+use vfio_pm_vmm::Slot;
 
 /// Host address of configured device `i`.
 pub fn host_addr(i: usize) -> PciAddress {
@@ -17,8 +17,8 @@ pub fn host_addr(i: usize) -> PciAddress {
 }
 
 /// Trap slot of configured device `i`.
-pub fn slot(i: usize) -> DeviceSlot {
-    DeviceSlot::new(i as u8).unwrap()
+pub fn slot(i: usize) -> Slot {
+    Slot(i as u32)
 }
 
 /// Everything a test drives or inspects.
@@ -40,20 +40,18 @@ pub fn build(config: &str, kernel: KernelVersion, min_residency: Duration) -> Ri
         b = b.device(DeviceConfig::new(host_addr(i)));
     }
     let host = b.build().unwrap();
-    let devices: Vec<Box<dyn HostDevice>> = (0..n)
-        .map(|i| Box::new(host.open(host_addr(i)).unwrap()) as Box<dyn HostDevice>)
+    let devices: Vec<Box<dyn PowerDevice>> = (0..n)
+        .map(|i| Box::new(host.open(host_addr(i)).unwrap()) as Box<dyn PowerDevice>)
         .collect();
     let inbox = GuestInbox::new();
     let log = EventLog::new();
     let clock = ManualClock::new();
     let vpm = VmmPowerManager::builder(config)
         .min_residency(min_residency)
-        .build(
-            devices,
-            Box::new(inbox.clone()),
-            Box::new(clock.clone()),
-            Box::new(log.clone()),
-        )
+        .notifier(inbox.clone())
+        .clock(clock.clone())
+        .events(log.clone())
+        .build(devices)
         .unwrap();
     let guest = SimulatedGuest::new(&vpm, inbox.clone());
     Rig {
