@@ -7,7 +7,8 @@
 //!   read from TOML, validated.
 //! - [`aml`]: the SSDT with one ACPI power resource per device (`_PR0`/`_PR3`, `_ON`/`_OFF`
 //!   writing a trap register) and the wake methods (`Notify (dev, 2)` from a GPE or GED).
-//! - [`trap`]: the trap register encoding and its decoder.
+//! - [`trap`]: the trap register encoding and its decoder; [`mailbox`]: the acknowledged
+//!   variant for VMMs whose trap cannot reply (stock QEMU).
 //! - [`controller`]: guest `_OFF`/`_ON` in, VFIO low-power calls out, host wakes back to the
 //!   guest as exactly one PME; anti-thrash; reset and shutdown.
 //! - [`pme`]: the guest-visible side of a wake (PM capability, root port PME, GPE, GED).
@@ -76,6 +77,7 @@ pub mod config;
 pub mod controller;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod guest;
+pub mod mailbox;
 pub mod pme;
 pub mod request;
 pub mod trap;

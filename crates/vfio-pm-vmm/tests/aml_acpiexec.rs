@@ -337,3 +337,45 @@ fn pcie_pme_route_has_no_wake_method_and_keeps_power_objects() {
         assert!(port.contains(obj), "{obj}\n{asl}");
     }
 }
+
+/// The mailbox variant in acpiexec: its simulated PCI config space reads BAR2 as 0 (no shared
+/// memory mapped), so `\_SB.VPMA` falls back to the posted doorbell: `_ON`/`_OFF` still write
+/// their trap value exactly once, return without waiting, and keep `_STA` right.
+#[test]
+fn mailbox_methods_fall_back_to_the_doorbell_without_shared_memory() {
+    require_tools();
+    let cfg = config(&mailbox());
+    let dec = TrapDecoder::new(&cfg);
+    let ssdt = aml::build_ssdt(&cfg);
+    let pr = "\\_SB.PCI0.PR00";
+    let (evals, log) = acpiexec(
+        &ssdt,
+        &[
+            &format!("{pr}._OFF"),
+            &format!("{pr}._STA"),
+            &format!("{pr}._ON"),
+            &format!("{pr}._STA"),
+        ],
+    );
+    assert_eq!(evals.len(), 4, "{log}");
+    assert!(
+        !log.contains("AE_"),
+        "acpiexec reported an exception:\n{log}"
+    );
+    let io: Vec<&RegionWrite> = evals[0]
+        .writes
+        .iter()
+        .filter(|w| w.space == "SystemIO")
+        .collect();
+    assert_eq!(io.len(), 1, "_OFF rings once:\n{log}");
+    assert_eq!(decode(&dec, io[0]), GuestRequest::power_off(slot(0)));
+    assert_eq!(evals[1].integer, Some(0));
+    let io: Vec<&RegionWrite> = evals[2]
+        .writes
+        .iter()
+        .filter(|w| w.space == "SystemIO")
+        .collect();
+    assert_eq!(io.len(), 1, "_ON rings once:\n{log}");
+    assert_eq!(decode(&dec, io[0]), GuestRequest::power_on(slot(0)));
+    assert_eq!(evals[3].integer, Some(1));
+}

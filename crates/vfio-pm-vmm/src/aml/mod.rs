@@ -56,9 +56,12 @@
 //!
 //! The route is per device ([`DeviceConfig::route`]), so one table can mix them.
 
+mod mailbox;
 pub mod ops;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod tools;
+
+pub use mailbox::{BAR2_OFFSET, MAILBOX_METHOD};
 
 #[cfg(any(test, feature = "test-utils"))]
 pub use tools::{compile_asl, disassemble, disassemble_full, AmlToolError, IaslOutput};
@@ -166,6 +169,9 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
             add_with_ancestors(rp, &mut externals);
         }
     }
+    if let Some(mb) = config.mailbox() {
+        add_with_ancestors(&mb.device, &mut externals);
+    }
     // A device the SSDT declares itself is not External.
     externals.retain(|p| {
         !devices
@@ -185,12 +191,15 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
     }
     .to_aml_bytes(&mut out);
 
-    // The trap register and, for the GED route, the wake method.
+    // The trap register, the mailbox method and, for the GED route, the wake method.
     build_sb_scope(config).to_aml_bytes(&mut out);
+    if let Some(mb) = config.mailbox() {
+        mailbox::bar_fields(mb, &mut out);
+    }
 
     // Per device: power resource and device objects.
     for d in devices {
-        build_device(d, &mut out);
+        build_device(d, config.mailbox().is_some(), &mut out);
     }
 
     // Root ports.
@@ -280,6 +289,10 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
         )],
     );
     let mut children: Vec<&dyn Aml> = vec![&region, &field];
+    let mailbox_method = Raw(config.mailbox().map(mailbox::method).unwrap_or_default());
+    if config.mailbox().is_some() {
+        children.push(&mailbox_method);
+    }
 
     // GED wake method: If (Arg0 == slot) { Notify (dev, 2) } per device with wake.
     let two: u8 = 2;
@@ -314,7 +327,9 @@ fn build_sb_scope(config: &VmmConfig) -> Raw {
     Raw(bytes)
 }
 
-fn build_device(d: &DeviceConfig, out: &mut Vec<u8>) {
+/// `with_mailbox`: `_ON`/`_OFF` call `\_SB.VPMA` (`_ON` waits for the reply) instead of writing
+/// the trap register themselves.
+fn build_device(d: &DeviceConfig, with_mailbox: bool, out: &mut Vec<u8>) {
     let trap = trap_field_path();
     let state = rel(seg(STATE_NAME));
 
@@ -329,11 +344,20 @@ fn build_device(d: &DeviceConfig, out: &mut Vec<u8>) {
         let ret = Return::new(&state);
         let sta = Method::new(rel(seg("_STA")), 0, false, vec![&ret]);
         let w_on = Store::new(&trap, &on_value);
-        let s_on = Store::new(&state, &one);
-        let on = Method::new(rel(seg("_ON_")), 0, false, vec![&w_on, &s_on]);
         let w_off = Store::new(&trap, &off_value);
+        // Slots are below 64 (validated): a ByteConst.
+        let slot = d.slot.index() as u8;
+        let c_on = Raw(mailbox::call(slot, on_value, true));
+        let c_off = Raw(mailbox::call(slot, off_value, false));
+        let (on_write, off_write): (&dyn Aml, &dyn Aml) = if with_mailbox {
+            (&c_on, &c_off)
+        } else {
+            (&w_on, &w_off)
+        };
+        let s_on = Store::new(&state, &one);
+        let on = Method::new(rel(seg("_ON_")), 0, false, vec![on_write, &s_on]);
         let s_off = Store::new(&state, &zero);
-        let off = Method::new(rel(seg("_OFF")), 0, false, vec![&w_off, &s_off]);
+        let off = Method::new(rel(seg("_OFF")), 0, false, vec![off_write, &s_off]);
         PowerResource {
             name: pr.last(),
             system_level: 0,

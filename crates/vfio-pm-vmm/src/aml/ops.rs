@@ -165,3 +165,20 @@ impl Aml for Raw {
         sink.vec(&self.0);
     }
 }
+
+/// `SleepOp` (after [`EXT_OP_PREFIX`]).
+pub const SLEEP_OP: u8 = 0x22;
+
+/// `Sleep (msec)`: `0x5B 0x22 MsecTime`. Not in `acpi_tables`.
+pub struct Sleep<'a> {
+    /// Milliseconds (a TermArg).
+    pub msec: &'a dyn Aml,
+}
+
+impl Aml for Sleep<'_> {
+    fn to_aml_bytes(&self, sink: &mut dyn AmlSink) {
+        sink.byte(EXT_OP_PREFIX);
+        sink.byte(SLEEP_OP);
+        self.msec.to_aml_bytes(sink);
+    }
+}

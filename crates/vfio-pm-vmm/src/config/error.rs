@@ -165,6 +165,9 @@ pub enum Problem {
     /// `wakeup = "always"` asks for `_PRW`, which needs a GPE.
     #[error("wakeup = \"always\" emits _PRW, which names a GPE: it needs wake.route = \"gpe\"")]
     PrwNeedsGpe,
+    /// `ack_timeout_ms` without a mailbox to wait on.
+    #[error("ack_timeout_ms is set but mailbox is not: only the mailbox trap waits for a reply")]
+    UnusedAckTimeout,
     /// A power resource name on a device that gets no power resource.
     #[error("power_resource is set but d3cold = false: only D3cold devices get a power resource")]
     UnusedPowerResource,

@@ -111,6 +111,13 @@ pub struct TrapFile {
     /// Access width in bytes (default 1).
     #[serde(default = "one")]
     pub width: i64,
+    /// ACPI path of an `ivshmem-plain` device whose shared memory (BAR2) carries the
+    /// acknowledged mailbox ([`crate::mailbox`]): `_ON` then waits for the VMM's reply.
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    /// How long `_ON` waits at least for the mailbox reply, in milliseconds (default 5000).
+    #[serde(default)]
+    pub ack_timeout_ms: Option<i64>,
 }
 
 impl TrapFile {
@@ -120,6 +127,8 @@ impl TrapFile {
             space: TrapSpace::Io,
             address: i64::from(port),
             width: 1,
+            mailbox: None,
+            ack_timeout_ms: None,
         }
     }
 
@@ -130,6 +139,8 @@ impl TrapFile {
             // Out of TOML's range becomes -1, which validation refuses with a field-named error.
             address: i64::try_from(address).unwrap_or(-1),
             width: i64::from(width),
+            mailbox: None,
+            ack_timeout_ms: None,
         }
     }
 }

@@ -56,7 +56,7 @@ use vfio_pm::PciAddress;
 pub const MAX_DEVICES: usize = crate::trap::MAX_SLOTS;
 
 /// Names the generator puts directly under `\_SB`; no configured device may use them.
-pub const RESERVED_SB_NAMES: [&str; 3] = ["VPMR", "VPMT", "VPMW"];
+pub const RESERVED_SB_NAMES: [&str; 4] = ["VPMR", "VPMT", "VPMW", "VPMA"];
 
 /// I/O port ranges that QEMU (and its firmware) already use on x86; a TOML configuration's trap
 /// port must avoid them ([`VmmConfig::from_toml_str`]).
@@ -116,6 +116,18 @@ pub struct TrapRegister {
     /// Access width in bytes: 1, 2, 4 (or 8 for MMIO).
     pub width: u8,
 }
+
+/// The acknowledged mailbox, validated (see [`crate::mailbox`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MailboxConfig {
+    /// ACPI path of the `ivshmem-plain` device node whose BAR2 is the shared memory.
+    pub device: AcpiPath,
+    /// The least time `_ON` waits for the reply, in milliseconds (`Sleep (1)` per poll).
+    pub ack_timeout_ms: u16,
+}
+
+/// Default [`MailboxConfig::ack_timeout_ms`]: long enough for a loaded host's EXIT.
+pub const DEFAULT_ACK_TIMEOUT_MS: u16 = 5000;
 
 /// The wake route, validated.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,4 +255,5 @@ pub struct VmmConfig {
     wake: WakeConfig,
     devices: Vec<DeviceConfig>,
     root_ports: Vec<RootPortConfig>,
+    mailbox: Option<MailboxConfig>,
 }

@@ -88,13 +88,20 @@ impl VmmConfig {
         }
         check_clashes(&devices)?;
         let root_ports = validate_root_ports(&mut devices)?;
+        let mailbox = validate_mailbox(&file.trap, &devices)?;
         Ok(Self {
             table,
             trap,
             wake,
             devices,
             root_ports,
+            mailbox,
         })
+    }
+
+    /// The acknowledged mailbox, if configured.
+    pub fn mailbox(&self) -> Option<&MailboxConfig> {
+        self.mailbox.as_ref()
     }
 
     /// SSDT header identifiers.
@@ -121,6 +128,46 @@ impl VmmConfig {
     pub fn root_ports(&self) -> &[RootPortConfig] {
         &self.root_ports
     }
+}
+
+/// `trap.mailbox` and `trap.ack_timeout_ms`: a device node of its own (not a configured device
+/// or root port, which get other objects), a timeout of 1 ms to 60 s.
+fn validate_mailbox(
+    t: &TrapFile,
+    devices: &[DeviceConfig],
+) -> Result<Option<MailboxConfig>, ConfigError> {
+    let Some(text) = &t.mailbox else {
+        if t.ack_timeout_ms.is_some() {
+            return Err(invalid("trap.ack_timeout_ms", Problem::UnusedAckTimeout));
+        }
+        return Ok(None);
+    };
+    let device = path("trap.mailbox", text)?;
+    if device.parent().is_none() {
+        return Err(invalid(
+            "trap.mailbox",
+            Problem::NoParentScope { path: text.clone() },
+        ));
+    }
+    for (i, d) in devices.iter().enumerate() {
+        if d.acpi_path == device || d.root_port.as_ref() == Some(&device) {
+            return Err(invalid(
+                "trap.mailbox",
+                Problem::NameClash {
+                    path: device.asl(),
+                    why: format!("it is also a node of devices[{i}]"),
+                },
+            ));
+        }
+    }
+    let ack_timeout_ms = match t.ack_timeout_ms {
+        None => DEFAULT_ACK_TIMEOUT_MS,
+        Some(v) => range("trap.ack_timeout_ms", v, 1, 60_000)? as u16,
+    };
+    Ok(Some(MailboxConfig {
+        device,
+        ack_timeout_ms,
+    }))
 }
 
 /// Refuses an I/O trap register that overlaps a port QEMU or its firmware uses.

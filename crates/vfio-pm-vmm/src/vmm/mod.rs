@@ -79,6 +79,14 @@ pub enum VmmError {
     /// No configured device in this slot.
     #[error("no configured device in {0}")]
     UnknownSlot(Slot),
+    /// A mailbox request word in one slot's place names another slot. Nothing changed.
+    #[error("the mailbox request in {slot} names {word_slot}")]
+    MailboxSlot {
+        /// The slot the request names.
+        word_slot: Slot,
+        /// The slot whose words hold it.
+        slot: Slot,
+    },
     /// A device can be armed for a host wake on a GPE or GED route, but the VMM gave no
     /// notifier ([`VmmBuilder::notifier`]): its wakes could never reach the guest.
     #[error("{slot} uses LOW_POWER_ENTRY_WITH_WAKEUP with an ACPI wake route, but no notifier was given (VmmBuilder::notifier)")]
@@ -139,6 +147,7 @@ impl VmmError {
         matches!(
             self,
             Self::Trap(_)
+                | Self::MailboxSlot { .. }
                 | Self::PmRegister(_)
                 | Self::UnknownSlot(_)
                 | Self::UnknownRootPort(_)
@@ -165,6 +174,19 @@ pub struct TrapOutcome {
     pub request: GuestRequest,
     /// What the controller did.
     pub outcome: RequestOutcome,
+}
+
+/// What one pending mailbox request did ([`VmmPowerManager::serve_mailbox`]).
+#[derive(Debug)]
+pub struct MailboxReply {
+    /// The slot whose words were read.
+    pub slot: Slot,
+    /// The request word that was acknowledged.
+    pub req: u32,
+    /// The decoded request and what the controller did, or why nothing was done (a malformed
+    /// word, a host failure). The reply is written either way, so the guest never waits out
+    /// its timeout on a request the host has seen.
+    pub result: Result<TrapOutcome, VmmError>,
 }
 
 /// What a guest write to the PM capability did.
@@ -294,6 +316,42 @@ impl VmmPowerManager {
         self.check_slot(request.slot)?;
         let outcome = self.controller.handle_request(request)?;
         Ok(TrapOutcome { request, outcome })
+    }
+
+    /// Serves every pending request of the acknowledged mailbox (after a doorbell, and once when
+    /// the host side starts, for requests made while it was away): decodes each slot's request
+    /// word, hands it to the controller, then writes the reply. A word whose trap value names
+    /// another slot or is malformed is acknowledged and ignored. Work is bounded by the
+    /// configured slots, however often the guest rings.
+    pub fn serve_mailbox(
+        &mut self,
+        mailbox: &crate::mailbox::Mailbox,
+    ) -> Result<Vec<MailboxReply>, std::io::Error> {
+        let mut replies = Vec::new();
+        for (slot, words) in mailbox.pending()? {
+            let result = self
+                .decoder
+                .decode_value(words.trap_value())
+                .map_err(VmmError::from)
+                .and_then(|request| {
+                    if request.slot != slot {
+                        return Err(VmmError::MailboxSlot {
+                            word_slot: request.slot,
+                            slot,
+                        });
+                    }
+                    self.check_slot(slot)?;
+                    let outcome = self.controller.handle_request(request)?;
+                    Ok(TrapOutcome { request, outcome })
+                });
+            mailbox.acknowledge(slot, words.req)?;
+            replies.push(MailboxReply {
+                slot,
+                req: words.req,
+                result,
+            });
+        }
+        Ok(replies)
     }
 
     /// A guest read of the emulated PM capability: `offset` relative to the capability

@@ -189,6 +189,14 @@ gpe = 0x10
 }
 
 /// Every configuration the table tests cover, with a name.
+/// `one_device` with the acknowledged mailbox on an ivshmem-plain node at 00:08.0.
+pub fn mailbox() -> String {
+    one_device().replace(
+        "width = 1\n",
+        "width = 1\nmailbox = '\\_SB.PCI0.S40'\nack_timeout_ms = 3000\n",
+    )
+}
+
 pub fn all_configs() -> Vec<(&'static str, VmmConfig)> {
     vec![
         ("example-e1000e", config(&example_e1000e())),
@@ -198,6 +206,7 @@ pub fn all_configs() -> Vec<(&'static str, VmmConfig)> {
         ("ged-mmio", config(&ged())),
         ("d3hot-only", config(&d3hot_only())),
         ("pcie-pme", config(&pcie_pme())),
+        ("mailbox", config(&mailbox())),
     ]
 }
 
