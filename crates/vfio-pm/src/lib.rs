@@ -43,6 +43,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod adopt;
 pub mod device;
 pub mod doctor;
 pub mod error;
