@@ -5,6 +5,7 @@ mod demo;
 mod direct;
 mod doctor_cmd;
 mod exporter;
+mod qemu;
 mod status;
 mod table;
 mod watch;
@@ -119,6 +120,9 @@ enum Command {
     Aml(aml_cmd::AmlArgs),
     /// Run the whole chain (guest _OFF trap, host D3cold, host wake, PME, _ON) on a simulated host and guest.
     Demo(demo::DemoArgs),
+    /// QEMU integration (in progress: `qemu print-plan -- QEMU ARGS...`).
+    #[command(hide = true)]
+    Qemu(qemu::QemuArgs),
 }
 
 fn main() -> ExitCode {
@@ -149,6 +153,7 @@ fn main() -> ExitCode {
         Command::Exporter(args) => exporter::run(&sysfs, args),
         Command::Aml(args) => aml_cmd::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Qemu(args) => qemu::run(args),
     };
     match result {
         Ok(code) => code,
