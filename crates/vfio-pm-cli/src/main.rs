@@ -121,8 +121,10 @@ enum Command {
     /// Run the whole chain (guest _OFF trap, host D3cold, host wake, PME, _ON) on a simulated host and guest.
     Demo(demo::DemoArgs),
     /// QEMU integration (in progress: `qemu print-plan -- QEMU ARGS...`).
-    #[command(hide = true)]
-    Qemu(qemu::QemuArgs),
+    /// Guest-driven D3cold for stock QEMU: start QEMU with what it needs added (or print the
+    /// arguments and attach to a QEMU libvirt starts), take hold of its devices, turn the
+    /// guest's _OFF/_ON into LOW_POWER_ENTRY/EXIT. See docs/qemu.md.
+    Qemu(Box<qemu::QemuArgs>),
 }
 
 fn main() -> ExitCode {
@@ -153,7 +155,7 @@ fn main() -> ExitCode {
         Command::Exporter(args) => exporter::run(&sysfs, args),
         Command::Aml(args) => aml_cmd::run(args),
         Command::Demo(args) => demo::run(args),
-        Command::Qemu(args) => qemu::run(args),
+        Command::Qemu(args) => qemu::run(&sysfs, *args),
     };
     match result {
         Ok(code) => code,
@@ -162,4 +164,11 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
+pub(crate) fn print_quietly(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

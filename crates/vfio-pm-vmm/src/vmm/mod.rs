@@ -318,6 +318,14 @@ impl VmmPowerManager {
         Ok(TrapOutcome { request, outcome })
     }
 
+    /// A guest request that reached the VMM some other way than [`VmmPowerManager::on_trap_write`]
+    /// (decoded elsewhere, or replayed to restore the guest's last wish after the VMM side
+    /// restarted).
+    pub fn handle_request(&mut self, request: GuestRequest) -> Result<RequestOutcome, VmmError> {
+        self.check_slot(request.slot)?;
+        Ok(self.controller.handle_request(request)?)
+    }
+
     /// Serves every pending request of the acknowledged mailbox (after a doorbell, and once when
     /// the host side starts, for requests made while it was away): decodes each slot's request
     /// word, hands it to the controller, then writes the reply. A word whose trap value names
