@@ -59,6 +59,9 @@ pub struct RunOptions {
     pub adopt_timeout: Duration,
     /// Test only: wait this long before serving each mailbox request (a slow agent).
     pub test_ack_delay: Option<Duration>,
+    /// Restore the guest's last acknowledged wishes (an agent replacing one that stopped,
+    /// serving the same QEMU); otherwise every device starts on.
+    pub restore_wishes: bool,
 }
 
 /// The doorbell socket, listening (a stale socket file from an earlier run is replaced).
@@ -359,7 +362,11 @@ pub fn run(
     // Restore what the guest last asked (an agent that restarts): a device the guest wants on
     // leaves low power now (EXIT is harmless when not engaged); one it wants off is engaged
     // below, where the controller knows it.
-    let wishes = last_wishes(&mailbox)?;
+    let wishes = if opts.restore_wishes {
+        last_wishes(&mailbox)?
+    } else {
+        vec![None; hosts.len()]
+    };
     for (dev, wish) in devices.iter().zip(&wishes) {
         if *wish != Some(PowerAction::PowerOff) {
             dev.exit_low_power()

@@ -27,8 +27,11 @@ use std::time::Duration;
 use vfio_pm::{PciAddress, Sysfs};
 use vfio_pm_vmm::mailbox::Mailbox;
 
-/// Where each VM's files go unless `--state-dir` says otherwise.
-pub const STATE_ROOT: &str = "/run/vfio-pm/qemu";
+/// Where each prepared VM's files go unless `--state-dir` says otherwise (kept across host
+/// reboots: the domain's QEMU arguments name them).
+pub const STATE_ROOT: &str = "/var/lib/vfio-pm/qemu";
+/// Where `vfio-pm qemu -- ...` keeps its files while QEMU runs.
+pub const LAUNCH_ROOT: &str = "/run/vfio-pm/qemu";
 
 /// `vfio-pm qemu ...`.
 #[derive(clap::Args)]
@@ -40,7 +43,8 @@ pub struct QemuArgs {
     tuning: Tuning,
     #[command(flatten)]
     run: RunFlags,
-    /// The directory for this VM's files (default /run/vfio-pm/qemu/launch-PID).
+    /// The directory for this VM's files while it runs (default /run/vfio-pm/qemu/launch-PID,
+    /// removed at exit).
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// The QEMU binary and its arguments, after `--`.
@@ -88,7 +92,7 @@ enum QemuCommand {
     /// Prepare this VM's files and print the QEMU arguments to add (for libvirt's
     /// <qemu:commandline> with --libvirt), then run `vfio-pm qemu attach`.
     PrintArgs {
-        /// The VM's name (its files go to /run/vfio-pm/qemu/NAME).
+        /// The VM's name (its files go to /var/lib/vfio-pm/qemu/NAME).
         #[arg(long)]
         name: String,
         /// The directory for this VM's files instead.
@@ -160,13 +164,27 @@ impl Tuning {
 }
 
 impl RunFlags {
-    fn options(&self) -> agent::RunOptions {
+    fn options(&self, restore_wishes: bool) -> agent::RunOptions {
         agent::RunOptions {
             json: self.json,
             adopt_timeout: self.adopt_timeout,
             test_ack_delay: self.test_ack_delay,
+            restore_wishes,
         }
     }
+}
+
+/// One QEMU process, told apart from a later one with the same pid: pid and start time
+/// (`/proc/PID/stat` field 22).
+fn qemu_instance(pid: u32) -> Result<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("no process {pid}"))?;
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let start = after
+        .split_whitespace()
+        .nth(19)
+        .with_context(|| format!("/proc/{pid}/stat: no start time"))?;
+    Ok(format!("{pid} {start}"))
 }
 
 fn state_dir(name: &str, given: Option<PathBuf>) -> Result<PathBuf> {
@@ -201,7 +219,7 @@ fn launch(sysfs: &Sysfs, args: QemuArgs) -> Result<ExitCode> {
     let dir = args
         .state_dir
         .clone()
-        .unwrap_or_else(|| Path::new(STATE_ROOT).join(format!("launch-{}", std::process::id())));
+        .unwrap_or_else(|| Path::new(LAUNCH_ROOT).join(format!("launch-{}", std::process::id())));
     let (setup, mailbox, listener) = materialize(sysfs, &args.argv, args.tuning.options()?, &dir)?;
     let child = std::process::Command::new(&args.argv[0])
         .args(&args.argv[1..])
@@ -214,7 +232,7 @@ fn launch(sysfs: &Sysfs, args: QemuArgs) -> Result<ExitCode> {
         agent::Vm::Child(child),
         listener,
         mailbox,
-        args.run.options(),
+        args.run.options(false),
     );
     if args.state_dir.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
@@ -273,13 +291,21 @@ fn attach(
     let mailbox = Mailbox::open(&setup.paths.mailbox, setup.config.devices.len())
         .with_context(|| format!("opening {}", setup.paths.mailbox.display()))?;
     let listener = agent::bind_doorbell(&setup.paths.socket)?;
+    // The same QEMU as last time: this agent replaces one that stopped, and the guest's last
+    // wishes in the mailbox are current. Another QEMU (the VM restarted): they are the old
+    // VM's, and its guest starts with every device on.
+    let instance = qemu_instance(pid)?;
+    let marker = dir.join("qemu-instance");
+    let same = std::fs::read_to_string(&marker).is_ok_and(|t| t == instance);
+    std::fs::write(&marker, &instance)
+        .with_context(|| format!("writing {}", marker.display()))?;
     let code = agent::run(
         sysfs,
         &setup,
         agent::Vm::Attached(pid),
         listener,
         mailbox,
-        run.options(),
+        run.options(same),
     )?;
     Ok(ExitCode::from(code))
 }
