@@ -249,7 +249,14 @@ fn print_args(
     argv: &[String],
 ) -> Result<ExitCode> {
     let dir = state_dir(name, given)?;
-    let (setup, _, _) = materialize(sysfs, argv, tuning.options()?, &dir)?;
+    // `virsh domxml-to-native qemu-argv` puts the environment first (`LC_ALL=C PATH=...`).
+    let is_env = |w: &String| {
+        w.split_once('=').is_some_and(|(k, _)| {
+            !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+    };
+    let argv: Vec<String> = argv.iter().skip_while(|w| is_env(w)).cloned().collect();
+    let (setup, _, _) = materialize(sysfs, &argv, tuning.options()?, &dir)?;
     for d in &setup.devices {
         eprintln!("{}: {}", d.host, d.note);
     }
@@ -297,8 +304,7 @@ fn attach(
     let instance = qemu_instance(pid)?;
     let marker = dir.join("qemu-instance");
     let same = std::fs::read_to_string(&marker).is_ok_and(|t| t == instance);
-    std::fs::write(&marker, &instance)
-        .with_context(|| format!("writing {}", marker.display()))?;
+    std::fs::write(&marker, &instance).with_context(|| format!("writing {}", marker.display()))?;
     let code = agent::run(
         sysfs,
         &setup,
