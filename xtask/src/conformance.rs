@@ -15,12 +15,13 @@ use std::fmt::{self, Write as _};
 use vfio_pm_sim::scenario::{self, diff, Scenario, Trace};
 use vfio_pm_sim::KernelVersion;
 
-/// The model's kernel version for a harness kernel series.
-pub fn model_kernel(series: KernelSeries) -> KernelVersion {
-    match series {
-        KernelSeries::V6_1 => KernelVersion::V6_1,
-        KernelSeries::V6_12 => KernelVersion::V6_12,
-    }
+/// The model's kernel version for a kernel release (`uname -r`): the newest version the model
+/// knows that is not newer than the release (`vfio_pm_sim::KernelVersion::for_release`), so
+/// Debian's newest kernel is judged by what the model has learnt up to it.
+pub fn model_kernel(release: &str) -> KernelVersion {
+    crate::kernels::release_version(release)
+        .and_then(|(major, minor)| KernelVersion::for_release(major, minor))
+        .unwrap_or(KernelVersion::V6_1)
 }
 
 /// The model's platform for a harness platform.
@@ -84,6 +85,8 @@ pub struct ScenarioVerdict {
 pub struct RunConformance {
     /// Kernel series.
     pub kernel: KernelSeries,
+    /// The model version the kernel was compared with.
+    pub model: KernelVersion,
     /// Platform.
     pub platform: Platform,
     /// vfio-pci was loaded with `disable_idle_d3=1`: only the scenarios with the header
@@ -165,7 +168,7 @@ fn finished(report: &GuestReport, scenario: &str) -> bool {
 /// match).
 pub fn judge(
     sc: &Scenario,
-    kernel: KernelSeries,
+    model: KernelVersion,
     platform: Platform,
     disable_idle_d3: bool,
     report: &GuestReport,
@@ -184,7 +187,7 @@ pub fn judge(
         Ok(t) => t,
         Err(e) => return Verdict::Incomplete(e.to_string()),
     };
-    let outcomes = vfio_pm_sim::model_outcomes(sc, mp, model_kernel(kernel));
+    let outcomes = vfio_pm_sim::model_outcomes(sc, mp, model);
     match outcomes.iter().position(|m| *m == got) {
         Some(alternative) => Verdict::Agrees {
             alternative,
@@ -210,6 +213,7 @@ pub fn judge(
 /// Judges every embedded scenario for one boot. Err when the embedded scenarios do not parse.
 pub fn compare(
     kernel: KernelSeries,
+    model: KernelVersion,
     platform: Platform,
     disable_idle_d3: bool,
     report: &GuestReport,
@@ -219,11 +223,12 @@ pub fn compare(
         .map(|sc| ScenarioVerdict {
             scenario: sc.name.clone(),
             timing_sensitive: sc.timing_sensitive,
-            verdict: judge(sc, kernel, platform, disable_idle_d3, report),
+            verdict: judge(sc, model, platform, disable_idle_d3, report),
         })
         .collect();
     Ok(RunConformance {
         kernel,
+        model,
         platform,
         disable_idle_d3,
         scenarios,
@@ -374,7 +379,7 @@ pub fn report(summary: &crate::Summary) -> String {
             "  {} {} (model {}): {a} agree, {d} differ, {n} n/a; scenarios took {took}; races: {}",
             r.kernel.release,
             r.label(),
-            model_kernel(c.kernel),
+            c.model,
             if races.is_empty() {
                 "-".to_string()
             } else {
@@ -426,6 +431,7 @@ mod tests {
         let all = console(&[("10-entry-suspends", good), ("12-entry-exit", bad.clone())]);
         let r = compare(
             KernelSeries::V6_1,
+            KernelVersion::V6_1,
             Platform::D3Hot,
             false,
             &GuestReport::parse(&all),
@@ -489,6 +495,7 @@ mod tests {
         let all = console(&[(name, lines)]);
         let r = compare(
             KernelSeries::V6_1,
+            KernelVersion::V6_1,
             Platform::D3Cold,
             true,
             &GuestReport::parse(&all),
@@ -520,6 +527,7 @@ mod tests {
         let all = console(&[(name, alt)]);
         let r = compare(
             KernelSeries::V6_12,
+            KernelVersion::V6_12,
             Platform::D3Cold,
             false,
             &GuestReport::parse(&all),
@@ -539,6 +547,7 @@ mod tests {
         let all = console(&[("10-entry-suspends", vec!["garbage".into()])]);
         let r = compare(
             KernelSeries::V6_1,
+            KernelVersion::V6_1,
             Platform::D3Hot,
             false,
             &GuestReport::parse(&all),
@@ -560,6 +569,7 @@ mod tests {
         )]);
         let r = compare(
             KernelSeries::V6_1,
+            KernelVersion::V6_1,
             Platform::D3Hot,
             false,
             &GuestReport::parse(&all),
@@ -574,5 +584,52 @@ mod tests {
             t.lines().filter(|l| l.starts_with("| ")).count(),
             r.scenarios.len() + 2
         );
+    }
+
+    #[test]
+    fn the_newest_kernel_is_judged_by_the_model_version_it_reached() {
+        assert_eq!(model_kernel("6.1.0-56-amd64"), KernelVersion::V6_1);
+        assert_eq!(model_kernel("6.12.117+deb12-amd64"), KernelVersion::V6_12);
+        assert_eq!(model_kernel("7.3.4+deb13-amd64"), KernelVersion::V7_3);
+        // The later feature indexes tell 6.12 from 7.3: 6.12's trace does not agree on 7.3.
+        let name = "09b-later-feature-indexes";
+        let sc = scenario::builtin()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == name)
+            .unwrap();
+        let lines = |v| -> Vec<String> {
+            model_outcomes(&sc, SimPlatform::D3hot, v)[0]
+                .lines
+                .iter()
+                .map(|l| l.to_string())
+                .collect()
+        };
+        let old = console(&[(name, lines(KernelVersion::V6_12))]);
+        let new = console(&[(name, lines(KernelVersion::V7_3))]);
+        assert_ne!(old, new);
+        let verdict = |model, c: &str| {
+            compare(
+                KernelSeries::Newest,
+                model,
+                Platform::D3Hot,
+                false,
+                &GuestReport::parse(c),
+            )
+            .unwrap()
+            .scenarios
+            .into_iter()
+            .find(|s| s.scenario == name)
+            .unwrap()
+            .verdict
+        };
+        assert!(matches!(
+            verdict(KernelVersion::V7_3, &new),
+            Verdict::Agrees { .. }
+        ));
+        assert!(matches!(
+            verdict(KernelVersion::V7_3, &old),
+            Verdict::Differs(_)
+        ));
     }
 }

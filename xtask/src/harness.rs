@@ -208,7 +208,13 @@ impl RunResult {
             .records
             .contains(&crate::console::Record::Begin("scenarios".into()))
             .then(|| {
-                crate::conformance::compare(kernel.series, platform, disable_idle_d3, &report)
+                crate::conformance::compare(
+                    kernel.series,
+                    crate::conformance::model_kernel(&kernel.release),
+                    platform,
+                    disable_idle_d3,
+                    &report,
+                )
             });
         let conformance = match conformance {
             Some(Ok(c)) => {

@@ -13,6 +13,7 @@
 //! - [`trap`]: the host-side check of the trap bytes the guest's `_ON`/`_OFF` calls wrote.
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
 
+pub mod apt;
 pub mod conformance;
 pub mod console;
 pub mod deps;

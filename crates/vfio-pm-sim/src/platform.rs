@@ -62,9 +62,58 @@ pub enum KernelVersion {
     V6_12,
     /// 6.18+: a driver without a `device_feature` op answers ENOTTY instead of EINVAL.
     V6_18,
+    /// 6.19+: vfio-pci has VFIO_DEVICE_FEATURE_DMA_BUF (index 11), a GET-only feature, so
+    /// PROBE|GET answers 0 and SET EINVAL where older kernels answer ENOTTY.
+    V6_19,
+    /// 7.3 (the first 7.x read and run; Debian's newest kernel): the core handles
+    /// VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (index 12), EINVAL for a device without pre-copy
+    /// migration (plain vfio-pci) where older kernels answer ENOTTY.
+    V7_3,
 }
 
 impl KernelVersion {
+    /// Every version, oldest first.
+    pub const ALL: [KernelVersion; 6] = [
+        KernelVersion::V5_19,
+        KernelVersion::V6_1,
+        KernelVersion::V6_12,
+        KernelVersion::V6_18,
+        KernelVersion::V6_19,
+        KernelVersion::V7_3,
+    ];
+
+    /// `(major, minor)` of the version.
+    pub fn number(self) -> (u32, u32) {
+        match self {
+            KernelVersion::V5_19 => (5, 19),
+            KernelVersion::V6_1 => (6, 1),
+            KernelVersion::V6_12 => (6, 12),
+            KernelVersion::V6_18 => (6, 18),
+            KernelVersion::V6_19 => (6, 19),
+            KernelVersion::V7_3 => (7, 3),
+        }
+    }
+
+    /// The model of kernel `major.minor`: the newest listed version not newer than it (a kernel
+    /// behaves like the last version whose change it has). None before 5.19.
+    pub fn for_release(major: u32, minor: u32) -> Option<KernelVersion> {
+        Self::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|v| v.number() <= (major, minor))
+    }
+
+    /// Whether vfio-pci answers VFIO_DEVICE_FEATURE_DMA_BUF (index 11).
+    pub fn has_dma_buf_feature(self) -> bool {
+        self >= KernelVersion::V6_19
+    }
+
+    /// Whether the VFIO core handles VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (index 12).
+    pub fn has_precopy_info_v2(self) -> bool {
+        self >= KernelVersion::V7_3
+    }
+
     /// Whether VFIO_DEVICE_FEATURE indexes 3, 4 and 5 exist.
     pub fn has_low_power_features(self) -> bool {
         self >= KernelVersion::V6_1
@@ -93,6 +142,37 @@ impl fmt::Display for KernelVersion {
             KernelVersion::V6_1 => "6.1",
             KernelVersion::V6_12 => "6.12",
             KernelVersion::V6_18 => "6.18",
+            KernelVersion::V6_19 => "6.19",
+            KernelVersion::V7_3 => "7.3",
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_release_maps_to_the_newest_version_not_newer_than_it() {
+        assert_eq!(KernelVersion::for_release(5, 15), None);
+        assert_eq!(KernelVersion::for_release(6, 1), Some(KernelVersion::V6_1));
+        assert_eq!(
+            KernelVersion::for_release(6, 12),
+            Some(KernelVersion::V6_12)
+        );
+        assert_eq!(
+            KernelVersion::for_release(6, 17),
+            Some(KernelVersion::V6_12)
+        );
+        assert_eq!(KernelVersion::for_release(7, 2), Some(KernelVersion::V6_19));
+        assert_eq!(KernelVersion::for_release(7, 3), Some(KernelVersion::V7_3));
+        assert_eq!(KernelVersion::for_release(8, 0), Some(KernelVersion::V7_3));
+        let mut sorted = KernelVersion::ALL;
+        sorted.sort();
+        assert_eq!(sorted, KernelVersion::ALL);
+        for v in KernelVersion::ALL {
+            let (a, b) = v.number();
+            assert_eq!(v.to_string(), format!("{a}.{b}"));
+        }
     }
 }

@@ -166,6 +166,9 @@ impl HostState {
         match flags & FEATURE_MASK {
             // Core migration / dirty logging / data size: plain vfio-pci has no mig_ops/log_ops.
             1 | 2 | 6 | 7 | 8 | 9 => Err(Errno::ENOTTY),
+            // MIG_PRECOPY_INFOv2 (7.3): the core refuses a device without pre-copy migration
+            // before looking at the flags.
+            12 if self.kernel.has_precopy_info_v2() => Err(Errno::EINVAL),
             _ if !self.devices[i].cfg.device_feature_op => {
                 Err(self.kernel.missing_feature_op_errno())
             }
@@ -197,7 +200,8 @@ impl HostState {
                     }
                 }
             }
-            // VF token on a non-PF, DMA_BUF (6.19+, not modelled), anything else.
+            11 if self.kernel.has_dma_buf_feature() => dma_buf_feature(flags, payload, data_len),
+            // VF token on a non-PF, anything else.
             _ => Err(Errno::ENOTTY),
         }
     }
@@ -436,8 +440,40 @@ impl HostState {
 }
 
 /// `vfio_check_feature` for a SET-only feature: Ok(true) = PROBE answered (do nothing).
+/// `vfio_pci_core_feature_dma_buf` (6.19+) up to where a dma-buf would be created: a
+/// GET-only feature whose payload is `struct vfio_device_feature_dma_buf` (16 bytes:
+/// region_index, open_flags, flags, nr_ranges). Exporting is not modelled: a request that
+/// passes the checks the model knows answers EOPNOTSUPP.
+fn dma_buf_feature(flags: u32, payload: &[u8], data_len: u64) -> Result<(), Errno> {
+    const MINSZ: u64 = 16;
+    if check_feature_ops(flags, data_len, MINSZ, FLAG_GET)? {
+        return Ok(());
+    }
+    let word = |at: usize| {
+        payload
+            .get(at..at + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+            .ok_or(Errno::EFAULT)
+    };
+    let (region, dma_flags, nr_ranges) = (word(0)?, word(8)?, word(12)?);
+    if nr_ranges == 0 || dma_flags != 0 {
+        return Err(Errno::EINVAL);
+    }
+    if region >= 6 {
+        return Err(Errno::ENODEV);
+    }
+    Err(Errno::EOPNOTSUPP)
+}
+
+/// `vfio_check_feature` for a SET-only feature (the low-power ones).
 fn check_feature(flags: u32, data_len: u64, minsz: u64) -> Result<bool, Errno> {
-    if flags & (FLAG_GET | FLAG_SET) & !FLAG_SET != 0 {
+    check_feature_ops(flags, data_len, minsz, FLAG_SET)
+}
+
+/// `vfio_check_feature(flags, argsz, supported_ops, minsz)`: Ok(true) for a PROBE that
+/// succeeds, Ok(false) when the call is to be performed.
+fn check_feature_ops(flags: u32, data_len: u64, minsz: u64, supported: u32) -> Result<bool, Errno> {
+    if flags & (FLAG_GET | FLAG_SET) & !supported != 0 {
         return Err(Errno::EINVAL);
     }
     if flags & FLAG_PROBE != 0 {

@@ -79,6 +79,19 @@ pub enum OpenError {
     },
 }
 
+/// NotVfio unless `dev` is bound to vfio-pci.
+pub(crate) fn require_vfio_pci(dev: &SysfsDevice) -> Result<(), OpenError> {
+    let address = dev.address();
+    match dev.driver() {
+        Field::Known(d) if d == "vfio-pci" => Ok(()),
+        Field::Known(driver) => Err(OpenError::NotVfio { address, driver }),
+        Field::Unknown { unknown } => Err(OpenError::NotVfio {
+            address,
+            driver: unknown,
+        }),
+    }
+}
+
 fn bound_to(driver: &str) -> String {
     match driver {
         "none" => "not bound to any driver".into(),
@@ -113,16 +126,7 @@ impl VfioPciDevice {
         dev_vfio: &str,
     ) -> Result<Self, OpenError> {
         let dev = sysfs.device(address)?;
-        match dev.driver() {
-            Field::Known(d) if d == "vfio-pci" => {}
-            Field::Known(driver) => return Err(OpenError::NotVfio { address, driver }),
-            Field::Unknown { unknown } => {
-                return Err(OpenError::NotVfio {
-                    address,
-                    driver: unknown,
-                })
-            }
-        }
+        require_vfio_pci(&dev)?;
         let group = match dev.iommu_group() {
             Field::Known(g) => g,
             Field::Unknown { .. } => return Err(OpenError::NoIommuGroup { address }),

@@ -125,6 +125,16 @@ impl KernelDevice {
         Self::with_fd(dir, DeviceFd::Opened(device))
     }
 
+    /// Opens the device through its cdev and an iommufd (see [`crate::iommufd::open`]), as
+    /// current VMMs do; the device keeps its iommufd until close.
+    pub fn open_iommufd(
+        sysfs: &Sysfs,
+        address: PciAddress,
+    ) -> Result<Self, crate::iommufd::IommufdOpenError> {
+        let device = crate::iommufd::open(sysfs, address)?;
+        Ok(Self::from_vfio_device(sysfs, address, Arc::new(device))?)
+    }
+
     /// Wraps a device a VMM opened with `vfio-ioctls` in the VM's own container; the VMM keeps
     /// using its `Arc`. `address` is the host PCI address of that device (its sysfs directory is
     /// used for the `d3cold_allowed` knob and host config reads).

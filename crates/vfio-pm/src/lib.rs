@@ -49,9 +49,11 @@ pub mod doctor;
 pub mod error;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fake_sysfs;
+pub mod fdinfo;
 pub mod feature;
 pub mod host;
 mod ioctl_nr;
+pub mod iommufd;
 pub mod kernel;
 pub mod pci;
 pub mod power;
