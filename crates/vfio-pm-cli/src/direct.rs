@@ -8,13 +8,19 @@ use serde::Serialize;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
+use vfio_pm::iommufd::Interface;
 use vfio_pm::{
     ConformanceDevice, EventFd, KernelDevice, LowPower, PciAddress, PowerDevice, PowerObservation,
     PowerState, RuntimeStatus, Support, Sysfs, CONFIG_REGION,
 };
 
-fn open(sysfs: &Sysfs, bdf: PciAddress) -> Result<KernelDevice> {
-    KernelDevice::open(sysfs, bdf).with_context(|| format!("cannot open {bdf}"))
+/// Opens `bdf` through its group, or through its cdev and an iommufd (`--iommufd`).
+fn open(sysfs: &Sysfs, bdf: PciAddress, via: Interface) -> Result<KernelDevice> {
+    match via {
+        Interface::Group => KernelDevice::open(sysfs, bdf).map_err(anyhow::Error::from),
+        Interface::Iommufd => KernelDevice::open_iommufd(sysfs, bdf).map_err(anyhow::Error::from),
+    }
+    .with_context(|| format!("cannot open {bdf}"))
 }
 
 fn wake_eventfd() -> Result<EventFd> {
@@ -58,8 +64,8 @@ struct ProbeOut {
     support: Support,
 }
 
-pub fn probe(sysfs: &Sysfs, bdf: PciAddress, json: bool) -> Result<ExitCode> {
-    let dev = open(sysfs, bdf)?;
+pub fn probe(sysfs: &Sysfs, bdf: PciAddress, via: Interface, json: bool) -> Result<ExitCode> {
+    let dev = open(sysfs, bdf, via)?;
     let support = dev.probe_low_power()?;
     if json {
         println!(
@@ -177,12 +183,13 @@ fn one_cycle(dev: &KernelDevice, n: u32, wakeup: bool, timeout: Duration) -> Res
 pub fn cycle(
     sysfs: &Sysfs,
     bdf: PciAddress,
+    via: Interface,
     wakeup: bool,
     count: u32,
     timeout: Duration,
     json: bool,
 ) -> Result<ExitCode> {
-    let dev = open(sysfs, bdf)?;
+    let dev = open(sysfs, bdf, via)?;
     let support = dev.probe_low_power()?;
     let needed = if wakeup {
         support.entry_with_wakeup
@@ -363,6 +370,7 @@ impl StateLog {
 pub fn hold(
     sysfs: &Sysfs,
     bdf: PciAddress,
+    via: Interface,
     wakeup: bool,
     duration: Option<Duration>,
     interval: Duration,
@@ -376,7 +384,7 @@ pub fn hold(
     mask.add(Signal::SIGTERM);
     mask.thread_block().context("cannot block SIGINT/SIGTERM")?;
     let sigfd = SignalFd::new(&mask).context("cannot create a signalfd")?;
-    let dev = open(sysfs, bdf)?;
+    let dev = open(sysfs, bdf, via)?;
     let efd = wake_eventfd()?;
     let start = Instant::now();
     let t = || ms(start.elapsed());

@@ -45,6 +45,11 @@ struct Cli {
     /// sysfs root to read (for captured trees); also VFIO_PM_SYSFS_ROOT.
     #[arg(long, global = true, value_name = "DIR")]
     sysfs_root: Option<std::path::PathBuf>,
+    /// probe, cycle, hold: open the device through /dev/vfio/devices/vfioN and an iommufd
+    /// (the kernel needs CONFIG_IOMMUFD; `doctor` shows which interfaces it offers) instead of
+    /// its IOMMU group.
+    #[arg(long, global = true)]
+    iommufd: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -133,24 +138,29 @@ fn main() -> ExitCode {
         Some(root) => Sysfs::new(root),
         None => Sysfs::from_env(),
     };
+    let via = if cli.iommufd {
+        vfio_pm::iommufd::Interface::Iommufd
+    } else {
+        vfio_pm::iommufd::Interface::Group
+    };
     let result = match cli.command {
         Command::Status { bdf, json } => status::run(&sysfs, &bdf, json),
         Command::Doctor { bdf, json, no_open } => doctor_cmd::run(&sysfs, bdf, json, no_open),
-        Command::Probe { bdf, json } => direct::probe(&sysfs, bdf, json),
+        Command::Probe { bdf, json } => direct::probe(&sysfs, bdf, via, json),
         Command::Cycle {
             bdf,
             wakeup,
             count,
             timeout,
             json,
-        } => direct::cycle(&sysfs, bdf, wakeup, count, timeout, json),
+        } => direct::cycle(&sysfs, bdf, via, wakeup, count, timeout, json),
         Command::Hold {
             bdf,
             wakeup,
             duration,
             interval,
             json,
-        } => direct::hold(&sysfs, bdf, wakeup, duration, interval, json),
+        } => direct::hold(&sysfs, bdf, via, wakeup, duration, interval, json),
         Command::Watch(args) => watch::run(&sysfs, args),
         Command::Exporter(args) => exporter::run(&sysfs, args),
         Command::Aml(args) => aml_cmd::run(args),

@@ -195,6 +195,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         &format!(" after {took:?}"),
     );
 
+    crate::interfaces::before_group_open(ctx, r);
     let mut dev = match KernelDevice::open(&ctx.sysfs, ctx.device) {
         Ok(d) => d,
         Err(e) => {
@@ -203,6 +204,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         }
     };
     expect_obs(r, "open-d0-active", observe_stable(&sys), d0_active(), "");
+    crate::interfaces::fdinfo_names_device(ctx, r, &dev);
 
     // Probing and GET.
     let all = Support {

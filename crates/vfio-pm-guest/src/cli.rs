@@ -273,6 +273,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     };
     firmware(ctx, r, &sys);
     probe(ctx, r, &sys);
+    probe_iommufd(ctx, r, &sys);
     cycle(ctx, r, &sys);
     cycle_wakeup(ctx, r, &sys);
     hold(ctx, r, &sys);
@@ -364,6 +365,32 @@ fn probe(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
         });
     r.check("cli-probe-all-supported", ok, detail);
     back_to_unused(ctx, r, sys, "cli-probe-back-suspended");
+}
+
+/// `probe --iommufd`: where the kernel offers cdev + iommufd it probes like `probe`; where it
+/// does not (Debian's kernels), it fails with status 2 and names the missing kernel option.
+fn probe_iommufd(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
+    let bdf = ctx.device.to_string();
+    let offered = vfio_pm::iommufd::interfaces(&ctx.sysfs, sys).cdev_iommufd();
+    let run = match run_cli(&["probe", &bdf, "--iommufd", "--json"]) {
+        Ok(run) => run,
+        Err(e) => {
+            r.check("cli-probe-iommufd", false, e);
+            return;
+        }
+    };
+    let ok = if offered {
+        run.code == Some(0)
+            && parse(&run.stdout).is_ok_and(|v| flag(&v, "/entry_with_wakeup") == Some(true))
+    } else {
+        run.code == Some(2) && run.stderr.contains("CONFIG_VFIO_DEVICE_CDEV")
+    };
+    r.check(
+        "cli-probe-iommufd",
+        ok,
+        format!("cdev+iommufd offered: {offered}; {}", run.summary()),
+    );
+    back_to_unused(ctx, r, sys, "cli-probe-iommufd-back-suspended");
 }
 
 /// Checks one element of `cycle --json`'s `cycles`.
@@ -804,6 +831,15 @@ fn doctor(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
                 .to_string();
             if k.and_then(|c| text(c, "/verdict")) != Some("pass") || !ks.starts_with("probed") {
                 bad.push(format!("kernel_support {k:?} (want pass, probed)"));
+            }
+            // The interfaces the doctor reports are the ones the library finds in sysfs.
+            let i = doctor_check(&v, "vfio_interfaces");
+            let want = ctx
+                .sysfs
+                .device(ctx.device)
+                .map(|d| vfio_pm::iommufd::interfaces(&ctx.sysfs, &d).to_string());
+            if i.and_then(|c| text(c, "/detail")) != want.as_deref().ok() {
+                bad.push(format!("vfio_interfaces {i:?} (want {want:?})"));
             }
         }
         Err(e) => bad.push(e),

@@ -15,6 +15,7 @@ pub mod checks;
 pub mod cli;
 pub mod context;
 pub mod controller;
+pub mod interfaces;
 pub mod report;
 pub mod scenarios;
 pub mod tour;

@@ -67,7 +67,8 @@ pub enum KernelVersion {
     V6_19,
     /// 7.3 (the first 7.x read and run; Debian's newest kernel): the core handles
     /// VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (index 12), EINVAL for a device without pre-copy
-    /// migration (plain vfio-pci) where older kernels answer ENOTTY.
+    /// migration (plain vfio-pci) where older kernels answer ENOTTY; and vfio-pci latches
+    /// `disable_idle_d3` per device at bind time.
     V7_3,
 }
 
@@ -107,6 +108,15 @@ impl KernelVersion {
     /// Whether vfio-pci answers VFIO_DEVICE_FEATURE_DMA_BUF (index 11).
     pub fn has_dma_buf_feature(self) -> bool {
         self >= KernelVersion::V6_19
+    }
+
+    /// Whether vfio-pci latches its `disable_idle_d3` parameter per device when the device
+    /// is bound (`vfio_pci_init_dev` copies it into `vdev->disable_idle_d3`), so a runtime
+    /// write to `/sys/module/vfio_pci/parameters/disable_idle_d3` takes effect for a device
+    /// bound afterwards. Older kernels latch it once, at vfio-pci's module init
+    /// (`vfio_pci_core_set_params`), and ignore later writes.
+    pub fn latches_disable_idle_d3_per_device(self) -> bool {
+        self >= KernelVersion::V7_3
     }
 
     /// Whether the VFIO core handles VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2 (index 12).

@@ -168,6 +168,19 @@ pub fn diagnose(
 
     checks.push(kernel_support_check(sysfs, address, support, vfio));
 
+    // How a VMM can open the device: informational, it does not decide D3cold.
+    let offered = crate::iommufd::interfaces(sysfs, &dev);
+    checks.push(check(
+        "vfio_interfaces",
+        if offered.group || offered.cdev_iommufd() {
+            Verdict::Pass
+        } else {
+            Verdict::Warn
+        },
+        offered.to_string(),
+        Some("neither /dev/vfio/vfio with an IOMMU group nor a device cdev with /dev/iommu: load vfio (and iommufd where the kernel has CONFIG_IOMMUFD)"),
+    ));
+
     match &r.parent_bridge {
         Some(b) => {
             let ok = b.power_control.known().map(String::as_str) == Some("auto");
