@@ -24,6 +24,10 @@ pub fn model_kernel(release: &str) -> KernelVersion {
         .unwrap_or(KernelVersion::V6_1)
 }
 
+/// The console key (`VFIOPM INFO <key> ...`) of the `disable_idle_d3` latch the guest's phase
+/// `idle-d3-rebind` observed: `per-device` or `module-init`.
+pub const LATCH_INFO: &str = "disable-idle-d3-latch";
+
 /// The model's platform for a harness platform.
 pub fn model_platform(p: Platform) -> vfio_pm_sim::Platform {
     match p {
@@ -339,7 +343,7 @@ pub fn runs(summary: &crate::Summary) -> Vec<RunConformance> {
     summary
         .runs
         .iter()
-        .filter_map(|r| r.conformance.clone())
+        .flat_map(|r| r.conformance.iter().cloned())
         .collect()
 }
 
@@ -347,21 +351,34 @@ pub fn runs(summary: &crate::Summary) -> Vec<RunConformance> {
 /// race outcome each timing-sensitive scenario took.
 pub fn report(summary: &crate::Summary) -> String {
     let mut out = String::new();
-    for r in &summary.runs {
-        let Some(c) = &r.conformance else {
-            let _ = writeln!(
-                out,
-                "  {} {}: no scenarios phase",
-                r.kernel.release,
-                r.label()
-            );
-            continue;
-        };
+    for r in summary.runs.iter().filter(|r| r.conformance.is_empty()) {
+        let _ = writeln!(
+            out,
+            "  {} {}: no scenarios phase",
+            r.kernel.release,
+            r.label()
+        );
+    }
+    for (r, c) in summary
+        .runs
+        .iter()
+        .flat_map(|r| r.conformance.iter().map(move |c| (r, c)))
+    {
         let (a, d, n) = c.counts();
+        // The disable_idle_d3=1 set of a normal boot ran in phase idle-d3-rebind.
+        let rebound = c.disable_idle_d3 && !r.disable_idle_d3;
+        let (label, baseline) = if rebound {
+            (
+                format!("{}+disable_idle_d3 (rebound)", r.platform),
+                "rebind-scenarios-baseline",
+            )
+        } else {
+            (r.label(), "scenarios-baseline")
+        };
         let took = r
             .report
             .checks()
-            .find(|c| c.name == "scenarios-baseline")
+            .find(|c| c.name == baseline)
             .and_then(|c| c.detail.rsplit("all took ").next())
             .unwrap_or("?");
         let races: Vec<String> = c
@@ -378,7 +395,7 @@ pub fn report(summary: &crate::Summary) -> String {
             out,
             "  {} {} (model {}): {a} agree, {d} differ, {n} n/a; scenarios took {took}; races: {}",
             r.kernel.release,
-            r.label(),
+            label,
             c.model,
             if races.is_empty() {
                 "-".to_string()

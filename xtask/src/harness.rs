@@ -128,8 +128,10 @@ pub struct RunResult {
     pub host_checks: Vec<Check>,
     /// Where the console was saved.
     pub console_log: PathBuf,
-    /// Model-vs-kernel verdicts, when the guest ran the `scenarios` phase.
-    pub conformance: Option<crate::conformance::RunConformance>,
+    /// Model-vs-kernel verdicts, when the guest ran the `scenarios` phase: one set for the
+    /// boot's vfio-pci parameters, and a `disable_idle_d3=1` set when phase `idle-d3-rebind`
+    /// ran those scenarios on a rebound device (kernels that latch the parameter per device).
+    pub conformance: Vec<crate::conformance::RunConformance>,
 }
 
 fn host_check(name: &str, passed: bool, detail: String) -> Check {
@@ -204,29 +206,42 @@ impl RunResult {
             )),
             Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
         }
-        let conformance = report
+        let model = crate::conformance::model_kernel(&kernel.release);
+        let latch = report
+            .info(crate::conformance::LATCH_INFO)
+            .map(str::to_string);
+        if let Some(latch) = &latch {
+            let want = if model.latches_disable_idle_d3_per_device() {
+                "per-device"
+            } else {
+                "module-init"
+            };
+            hc.push(host_check(
+                "host-disable-idle-d3-latch",
+                latch == want,
+                format!("guest saw the {latch} latch, the model ({model}) says {want}"),
+            ));
+        }
+        let mut sets = Vec::new();
+        if report
             .records
             .contains(&crate::console::Record::Begin("scenarios".into()))
-            .then(|| {
-                crate::conformance::compare(
-                    kernel.series,
-                    crate::conformance::model_kernel(&kernel.release),
-                    platform,
-                    disable_idle_d3,
-                    &report,
-                )
-            });
-        let conformance = match conformance {
-            Some(Ok(c)) => {
-                hc.extend(c.host_checks());
-                Some(c)
+        {
+            sets.push(disable_idle_d3);
+        }
+        if latch.as_deref() == Some("per-device") && !disable_idle_d3 {
+            sets.push(true);
+        }
+        let mut conformance = Vec::new();
+        for idle_d3 in sets {
+            match crate::conformance::compare(kernel.series, model, platform, idle_d3, &report) {
+                Ok(c) => {
+                    hc.extend(c.host_checks());
+                    conformance.push(c);
+                }
+                Err(e) => hc.push(host_check("host-scenarios-parse", false, e.to_string())),
             }
-            Some(Err(e)) => {
-                hc.push(host_check("host-scenarios-parse", false, e.to_string()));
-                None
-            }
-            None => None,
-        };
+        }
         Self {
             kernel,
             platform,
@@ -324,6 +339,48 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The platform of the `disable_idle_d3` runs: [`IDLE_D3_PLATFORM`] when selected, else the
+/// last selected platform.
+fn idle_d3_platform(opts: &Options) -> Option<Platform> {
+    if opts.platforms.contains(&IDLE_D3_PLATFORM) {
+        Some(IDLE_D3_PLATFORM)
+    } else {
+        opts.platforms.last().copied()
+    }
+}
+
+/// The phases of a normal boot on `p`: the selected ones, plus `idle-d3-rebind` on the
+/// `disable_idle_d3` platform when the scenarios run and the `disable_idle_d3` runs are wanted
+/// (it checks where the kernel latches the parameter and, where that is per device, runs the
+/// `disable_idle_d3=1` scenarios in this boot).
+pub fn phases(opts: &Options, p: Platform) -> Vec<String> {
+    let mut phases = opts.phases.clone();
+    if opts.idle_d3 != IdleD3Boots::Skip
+        && idle_d3_platform(opts) == Some(p)
+        && phases.iter().any(|ph| ph == "scenarios")
+    {
+        phases.push("idle-d3-rebind".into());
+    }
+    phases
+}
+
+/// The boots of kernel `k`: each platform, then the extra `disable_idle_d3=1` boot unless the
+/// kernel latches the parameter per device (then the normal boot's `idle-d3-rebind` phase
+/// runs those scenarios: no boot of its own; `--idle-d3 only` still boots it).
+pub fn boots(opts: &Options, k: &KernelImage) -> Vec<(Platform, bool)> {
+    let mut boots: Vec<(Platform, bool)> = Vec::new();
+    if opts.idle_d3 != IdleD3Boots::Only {
+        boots.extend(opts.platforms.iter().map(|&p| (p, false)));
+    }
+    let shared = opts.idle_d3 == IdleD3Boots::Also
+        && crate::conformance::model_kernel(&k.release).latches_disable_idle_d3_per_device()
+        && opts.phases.iter().any(|ph| ph == "scenarios");
+    if opts.idle_d3 != IdleD3Boots::Skip && !shared {
+        boots.extend(idle_d3_platform(opts).map(|p| (p, true)));
+    }
+    boots
+}
+
 /// Prepares everything (packages, kernels, binaries, initramfs, SSDT) and runs the matrix
 /// sequentially (TCG on few cores: parallel boots only slow each other down).
 pub fn run(opts: &Options) -> Result<Summary> {
@@ -355,20 +412,8 @@ pub fn run(opts: &Options) -> Result<Summary> {
         prepare: start.elapsed(),
         ..Default::default()
     };
-    let mut boots: Vec<(Platform, bool)> = Vec::new();
-    if opts.idle_d3 != IdleD3Boots::Only {
-        boots.extend(opts.platforms.iter().map(|&p| (p, false)));
-    }
-    if opts.idle_d3 != IdleD3Boots::Skip {
-        let p = if opts.platforms.contains(&IDLE_D3_PLATFORM) {
-            Some(IDLE_D3_PLATFORM)
-        } else {
-            opts.platforms.last().copied()
-        };
-        boots.extend(p.map(|p| (p, true)));
-    }
     for (k, initrd) in kernels.iter().zip(&initrds) {
-        for &(p, idle_d3) in &boots {
+        for (p, idle_d3) in boots(opts, k) {
             let dir = crate::qemu_dir().join("runs").join(format!(
                 "{}-{p}{}",
                 k.release,
@@ -381,7 +426,7 @@ pub fn run(opts: &Options) -> Result<Summary> {
             } else {
                 format!(
                     "vfiopm.platform={p} vfiopm.phases={}",
-                    opts.phases.join(",")
+                    phases(opts, p).join(",")
                 )
             };
             let spec = BootSpec {
@@ -416,4 +461,56 @@ pub fn run(opts: &Options) -> Result<Summary> {
         }
     }
     Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kernel(release: &str) -> KernelImage {
+        KernelImage {
+            series: KernelSeries::Newest,
+            package: format!("linux-image-{release}"),
+            release: release.into(),
+            vmlinuz: PathBuf::new(),
+            modules: Vec::new(),
+            config: None,
+        }
+    }
+
+    #[test]
+    fn a_kernel_that_latches_disable_idle_d3_per_device_shares_its_boot() {
+        let opts = Options::default();
+        let old = boots(&opts, &kernel("6.12.117+deb12-amd64"));
+        assert_eq!(
+            old,
+            [
+                (Platform::D3Hot, false),
+                (Platform::D3Cold, false),
+                (Platform::D3Cold, true)
+            ]
+        );
+        let new = boots(&opts, &kernel("7.3.4+deb13-amd64"));
+        assert_eq!(new, [(Platform::D3Hot, false), (Platform::D3Cold, false)]);
+        // Only the D3cold boot runs the rebind phase, after the others.
+        assert_eq!(
+            phases(&opts, Platform::D3Cold).last().unwrap(),
+            "idle-d3-rebind"
+        );
+        assert!(!phases(&opts, Platform::D3Hot).contains(&"idle-d3-rebind".to_string()));
+        let only = Options {
+            idle_d3: IdleD3Boots::Only,
+            ..Options::default()
+        };
+        assert_eq!(
+            boots(&only, &kernel("7.3.4+deb13-amd64")),
+            [(Platform::D3Cold, true)]
+        );
+        let skip = Options {
+            idle_d3: IdleD3Boots::Skip,
+            ..Options::default()
+        };
+        assert_eq!(boots(&skip, &kernel("6.1.0-56-amd64")).len(), 2);
+        assert!(!phases(&skip, Platform::D3Cold).contains(&"idle-d3-rebind".to_string()));
+    }
 }

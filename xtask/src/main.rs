@@ -117,7 +117,8 @@ fn main() -> Result<()> {
                 with_cli: false,
                 ..opts
             };
-            let full = opts.kernels.len() * opts.platforms.len() == 4
+            let full = opts.kernels.len() == KernelSeries::ALL.len()
+                && opts.platforms.len() == Platform::ALL.len()
                 && opts.idle_d3 == xtask::IdleD3Boots::Also;
             let summary = xtask::run(&opts)?;
             println!("{summary}");

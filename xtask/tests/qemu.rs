@@ -1,10 +1,12 @@
-//! The real-kernel harness as a test: Debian's 6.1 and 6.12 kernels × D3hot and D3cold
-//! platforms, plus one D3cold boot per kernel with vfio-pci's `disable_idle_d3=1` (its
-//! scenarios only); every guest and host check must pass.
+//! The real-kernel harness as a test: Debian's 6.1 and 6.12 kernels and Debian's newest
+//! (trixie-backports or sid, resolved by name) × D3hot and D3cold platforms, plus the
+//! `disable_idle_d3=1` scenarios on D3cold: an extra boot with vfio-pci loaded so for kernels
+//! that latch the parameter at module init (6.1, 6.12), the normal boot's `idle-d3-rebind`
+//! phase for kernels that latch it per device (7.3); every guest and host check must pass.
 //!
 //! Needs root (apt-get, kernel downloads), QEMU and network access to Debian's archive the first
 //! time. When those are unavailable the test FAILS with the reason, unless `VFIO_PM_SKIP_QEMU=1`,
-//! which skips it loudly. The six boots run one after the other inside this single test.
+//! which skips it loudly. The boots run one after the other inside this single test.
 
 use std::io::Write;
 use std::time::Instant;
@@ -20,7 +22,7 @@ fn vfio_pm_on_real_kernels_in_qemu() {
     if std::env::var("VFIO_PM_SKIP_QEMU").as_deref() == Ok("1") {
         loud(
             "\n*** SKIPPED: real-kernel QEMU test (VFIO_PM_SKIP_QEMU=1): vfio-pm was NOT checked \
-             against Linux 6.1/6.12 ***\n",
+             against Linux 6.1/6.12/newest ***\n",
         );
         return;
     }
@@ -38,12 +40,42 @@ fn vfio_pm_on_real_kernels_in_qemu() {
         xtask::conformance::report(&summary),
         start.elapsed()
     ));
-    assert_eq!(summary.runs.len(), 6, "{summary}");
+    let kernels = xtask::KernelSeries::ALL.len();
+    // The normal D3cold boots that also ran the disable_idle_d3=1 scenarios (rebound device).
+    let shared = summary
+        .runs
+        .iter()
+        .filter(|r| !r.disable_idle_d3 && r.conformance.iter().any(|c| c.disable_idle_d3))
+        .count();
+    assert!(
+        shared >= 1,
+        "the newest kernel latches disable_idle_d3 per device and shares its boot\n{summary}"
+    );
     assert_eq!(
         summary.runs.iter().filter(|r| r.disable_idle_d3).count(),
-        2,
-        "one disable_idle_d3=1 boot per kernel\n{summary}"
+        kernels - shared,
+        "one disable_idle_d3=1 boot per kernel that latches it at module init\n{summary}"
     );
+    assert_eq!(
+        summary.runs.len(),
+        2 * kernels + kernels - shared,
+        "{summary}"
+    );
+    for r in summary
+        .runs
+        .iter()
+        .filter(|r| !r.disable_idle_d3 && r.platform == xtask::Platform::D3Cold)
+    {
+        let c = r
+            .host_checks
+            .iter()
+            .find(|c| c.name == "host-disable-idle-d3-latch");
+        assert!(
+            c.is_some_and(|c| c.passed),
+            "{}: the disable_idle_d3 latch check is missing or failed: {c:?}\n{summary}",
+            r.kernel.release
+        );
+    }
     assert!(
         summary.all_passed(),
         "real-kernel checks failed:\n{summary}"
@@ -111,7 +143,7 @@ fn vfio_pm_on_real_kernels_in_qemu() {
     let conf = xtask::conformance::runs(&summary);
     assert_eq!(
         conf.len(),
-        6,
+        3 * kernels,
         "a run did not report the scenarios phase\n{summary}"
     );
     // Every disable_idle_d3 scenario applies to the extra boot's platform.

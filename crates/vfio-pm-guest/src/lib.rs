@@ -16,6 +16,7 @@ pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod interfaces;
+pub mod rebind;
 pub mod report;
 pub mod scenarios;
 pub mod tour;
@@ -32,6 +33,7 @@ pub const PHASES: &[Phase] = &[
     ("scenarios", scenarios::run),
     ("cli", cli::run),
     ("controller", controller::run),
+    ("idle-d3-rebind", rebind::run),
     ("tour", tour::run),
 ];
 

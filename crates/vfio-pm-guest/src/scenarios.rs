@@ -111,17 +111,6 @@ pub fn baseline(sys: &SysfsDevice, idle_d3_disabled: bool) -> Result<String, Str
 
 /// Runs the phase.
 pub fn run(ctx: &Ctx, r: &mut Reporter) {
-    let all = match scenario::builtin() {
-        Ok(all) => all,
-        Err(e) => {
-            r.check("scenarios-parse", false, e);
-            return;
-        }
-    };
-    let platform = match ctx.platform {
-        crate::context::Platform::D3Hot => vfio_pm_sim::Platform::D3hot,
-        crate::context::Platform::D3Cold => vfio_pm_sim::Platform::D3cold,
-    };
     let idle_d3_disabled = match disable_idle_d3() {
         Ok(v) => v,
         Err(e) => {
@@ -130,12 +119,30 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         }
     };
     r.info("disable_idle_d3", idle_d3_disabled);
+    run_set(ctx, r, idle_d3_disabled, "scenarios");
+}
+
+/// Runs the scenarios that apply to the platform and to a device bound with
+/// `disable_idle_d3` = `idle_d3_disabled`; the checks are named `<checks>-parse`,
+/// `<checks>-baseline`, ... (phase `idle-d3-rebind` runs its set under its own names).
+pub fn run_set(ctx: &Ctx, r: &mut Reporter, idle_d3_disabled: bool, checks: &str) {
+    let all = match scenario::builtin() {
+        Ok(all) => all,
+        Err(e) => {
+            r.check(&format!("{checks}-parse"), false, e);
+            return;
+        }
+    };
+    let platform = match ctx.platform {
+        crate::context::Platform::D3Hot => vfio_pm_sim::Platform::D3hot,
+        crate::context::Platform::D3Cold => vfio_pm_sim::Platform::D3cold,
+    };
     let applicable: Vec<_> = all
         .iter()
         .filter(|s| s.applies_to(platform) && s.disable_idle_d3 == idle_d3_disabled)
         .collect();
     r.check(
-        "scenarios-parse",
+        &format!("{checks}-parse"),
         !applicable.is_empty(),
         format!(
             "{} scenarios embedded, {} apply to {platform} with disable_idle_d3={}",
@@ -147,7 +154,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     let sys = match ctx.sysfs.device(ctx.device) {
         Ok(s) => s,
         Err(e) => {
-            r.check("scenarios-device-present", false, e);
+            r.check(&format!("{checks}-device-present"), false, e);
             return;
         }
     };
@@ -186,10 +193,10 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         );
     }
     if let Err(e) = baseline(&sys, idle_d3_disabled) {
-        r.check("scenarios-baseline-after", false, e);
+        r.check(&format!("{checks}-baseline-after"), false, e);
     }
     r.check(
-        "scenarios-baseline",
+        &format!("{checks}-baseline"),
         off_baseline.is_empty(),
         format!(
             "every scenario started closed, auto, d3cold_allowed=1, {} (failed: {off_baseline:?}); all took {:.1?}",
