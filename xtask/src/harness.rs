@@ -211,15 +211,22 @@ impl RunResult {
             .info(crate::conformance::LATCH_INFO)
             .map(str::to_string);
         if let Some(latch) = &latch {
-            let want = if model.latches_disable_idle_d3_per_device() {
-                "per-device"
-            } else {
-                "module-init"
+            let name = |per_device: bool| {
+                if per_device {
+                    "per-device"
+                } else {
+                    "module-init"
+                }
             };
+            let module = kernel.latches_disable_idle_d3_per_device();
             hc.push(host_check(
                 "host-disable-idle-d3-latch",
-                latch == want,
-                format!("guest saw the {latch} latch, the model ({model}) says {want}"),
+                module.map(name) == Some(latch.as_str()),
+                format!(
+                    "guest saw the {latch} latch; vfio-pci.ko says {}; the model's {model} says {}",
+                    module.map_or("?", name),
+                    name(model.latches_disable_idle_d3_per_device())
+                ),
             ));
         }
         let mut sets = Vec::new();
@@ -365,7 +372,7 @@ pub fn phases(opts: &Options, p: Platform) -> Vec<String> {
 }
 
 /// The boots of kernel `k`: each platform, then the extra `disable_idle_d3=1` boot unless the
-/// kernel latches the parameter per device (then the normal boot's `idle-d3-rebind` phase
+/// kernel's vfio-pci latches the parameter per device (then the normal boot's `idle-d3-rebind` phase
 /// runs those scenarios: no boot of its own; `--idle-d3 only` still boots it).
 pub fn boots(opts: &Options, k: &KernelImage) -> Vec<(Platform, bool)> {
     let mut boots: Vec<(Platform, bool)> = Vec::new();
@@ -373,7 +380,7 @@ pub fn boots(opts: &Options, k: &KernelImage) -> Vec<(Platform, bool)> {
         boots.extend(opts.platforms.iter().map(|&p| (p, false)));
     }
     let shared = opts.idle_d3 == IdleD3Boots::Also
-        && crate::conformance::model_kernel(&k.release).latches_disable_idle_d3_per_device()
+        && k.latches_disable_idle_d3_per_device() == Some(true)
         && opts.phases.iter().any(|ph| ph == "scenarios");
     if opts.idle_d3 != IdleD3Boots::Skip && !shared {
         boots.extend(idle_d3_platform(opts).map(|p| (p, true)));
@@ -467,13 +474,23 @@ pub fn run(opts: &Options) -> Result<Summary> {
 mod tests {
     use super::*;
 
-    fn kernel(release: &str) -> KernelImage {
+    /// A kernel whose vfio-pci.ko imports the module-init hand-over or not.
+    fn kernel(release: &str, module_init_latch: bool) -> KernelImage {
+        let dir =
+            std::env::temp_dir().join(format!("xtask-harness-{}-{release}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ko = dir.join("6-vfio-pci.ko");
+        let mut bytes = b"\x7fELF...__versions\0".to_vec();
+        if module_init_latch {
+            bytes.extend_from_slice(crate::kernels::MODULE_INIT_LATCH_SYMBOL);
+        }
+        std::fs::write(&ko, bytes).unwrap();
         KernelImage {
             series: KernelSeries::Newest,
             package: format!("linux-image-{release}"),
             release: release.into(),
             vmlinuz: PathBuf::new(),
-            modules: Vec::new(),
+            modules: vec![ko],
             config: None,
         }
     }
@@ -481,7 +498,7 @@ mod tests {
     #[test]
     fn a_kernel_that_latches_disable_idle_d3_per_device_shares_its_boot() {
         let opts = Options::default();
-        let old = boots(&opts, &kernel("6.12.117+deb12-amd64"));
+        let old = boots(&opts, &kernel("6.12.117+deb12-amd64", true));
         assert_eq!(
             old,
             [
@@ -490,8 +507,16 @@ mod tests {
                 (Platform::D3Cold, true)
             ]
         );
-        let new = boots(&opts, &kernel("7.3.4+deb13-amd64"));
+        let new = boots(&opts, &kernel("7.3.4+deb13-amd64", false));
         assert_eq!(new, [(Platform::D3Hot, false), (Platform::D3Cold, false)]);
+        // A 6.12.y with the per-device latch backported shares its boot too.
+        let backported = boots(&opts, &kernel("6.12.200+deb12-amd64", false));
+        assert_eq!(backported, new);
+        // An unreadable module: the extra boot, to be safe.
+        let mut unreadable = kernel("7.3.9+deb13-amd64", false);
+        unreadable.modules.clear();
+        assert_eq!(unreadable.latches_disable_idle_d3_per_device(), None);
+        assert_eq!(boots(&opts, &unreadable), old);
         // Only the D3cold boot runs the rebind phase, after the others.
         assert_eq!(
             phases(&opts, Platform::D3Cold).last().unwrap(),
@@ -503,14 +528,14 @@ mod tests {
             ..Options::default()
         };
         assert_eq!(
-            boots(&only, &kernel("7.3.4+deb13-amd64")),
+            boots(&only, &kernel("7.3.4+deb13-amd64", false)),
             [(Platform::D3Cold, true)]
         );
         let skip = Options {
             idle_d3: IdleD3Boots::Skip,
             ..Options::default()
         };
-        assert_eq!(boots(&skip, &kernel("6.1.0-56-amd64")).len(), 2);
+        assert_eq!(boots(&skip, &kernel("6.1.0-56-amd64", true)).len(), 2);
         assert!(!phases(&skip, Platform::D3Cold).contains(&"idle-d3-rebind".to_string()));
     }
 }

@@ -118,7 +118,30 @@ pub struct KernelImage {
     pub config: Option<PathBuf>,
 }
 
+/// The vfio-pci-core export through which vfio-pci hands its module parameters over once, at
+/// module init (`vfio_pci_core_set_params`). Kernels with the per-device latch ("vfio/pci:
+/// Latch disable_idle_d3 per device", 4575e9aac533, 2026, also sent to the stable trees) no
+/// longer have it.
+pub const MODULE_INIT_LATCH_SYMBOL: &[u8] = b"vfio_pci_core_set_params";
+
 impl KernelImage {
+    /// Whether this kernel's vfio-pci latches `disable_idle_d3` per device at bind time, read
+    /// from the module itself (its `vfio-pci.ko` imports [`MODULE_INIT_LATCH_SYMBOL`] or not)
+    /// rather than from the version, since the change reaches stable kernels too. None when
+    /// the module cannot be read.
+    pub fn latches_disable_idle_d3_per_device(&self) -> Option<bool> {
+        let module = self.modules.iter().find(|m| {
+            m.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with("-vfio-pci.ko"))
+        })?;
+        let bytes = std::fs::read(module).ok()?;
+        let imports = bytes
+            .windows(MODULE_INIT_LATCH_SYMBOL.len())
+            .any(|w| w == MODULE_INIT_LATCH_SYMBOL);
+        Some(!imports)
+    }
+
     /// `major.minor` of the release (`7.3` for `7.3.4+deb13-amd64`), if it parses.
     pub fn version(&self) -> Option<(u32, u32)> {
         release_version(&self.release)

@@ -33,8 +33,8 @@ pub struct Interfaces {
     /// The group/container interface: the `vfio` misc device (`/dev/vfio/vfio`) exists and
     /// the device has an IOMMU group (`/dev/vfio/<group>`).
     pub group: bool,
-    /// The device's cdev name (`vfioN` of `vfio-dev/vfioN`), when the kernel has
-    /// `CONFIG_VFIO_DEVICE_CDEV` and the device is bound to a VFIO driver.
+    /// The device's cdev name (`vfioN` of `vfio-dev/vfioN`, with a device number), when the
+    /// kernel has `CONFIG_VFIO_DEVICE_CDEV` and the device is bound to a VFIO driver.
     pub cdev: Option<String>,
     /// The `iommu` misc device (`/dev/iommu`) exists: the iommufd module is loaded.
     pub iommufd: bool,
@@ -54,7 +54,7 @@ impl std::fmt::Display for Interfaces {
         match (&self.cdev, self.iommufd) {
             (Some(c), true) => write!(f, "yes ({c})"),
             (Some(c), false) => write!(f, "no ({c}, but no /dev/iommu: load iommufd)"),
-            (None, true) => write!(f, "no (iommufd, but no vfio-dev/ cdev for the device)"),
+            (None, true) => write!(f, "no (iommufd, but no device cdev for the device)"),
             (None, false) => write!(
                 f,
                 "no (kernel without CONFIG_IOMMUFD / CONFIG_VFIO_DEVICE_CDEV, or iommufd not loaded)"
@@ -63,13 +63,18 @@ impl std::fmt::Display for Interfaces {
     }
 }
 
-/// The device's VFIO cdev name: the one entry of `vfio-dev/` in its sysfs folder.
+/// The device's VFIO cdev name: the one entry of `vfio-dev/` in its sysfs folder that has a
+/// device number (a `dev` attribute). Every bound VFIO device has a `vfio-dev/vfioN` entry
+/// (`vfio_device_add` registers it in class `vfio-dev`), but only a kernel with
+/// `CONFIG_VFIO_DEVICE_CDEV` gives it a device number and so a `/dev/vfio/devices/vfioN` node.
 pub fn cdev_name(dev: &SysfsDevice) -> Option<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dev.dir().join("vfio-dev"))
+    let dir = dev.dir().join("vfio-dev");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("vfio") && n[4..].chars().all(|c| c.is_ascii_digit()))
+        .filter(|n| dir.join(n).join("dev").is_file())
         .collect();
     (names.len() == 1).then(|| names.remove(0))
 }
@@ -92,7 +97,7 @@ pub enum IommufdOpenError {
     Open(#[from] OpenError),
     /// The device has no VFIO cdev.
     #[error(
-        "{address} has no VFIO device cdev (no vfio-dev/ in sysfs): the kernel lacks \
+        "{address} has no VFIO device cdev (no vfio-dev/vfioN/dev in sysfs): the kernel lacks \
          CONFIG_VFIO_DEVICE_CDEV (it needs CONFIG_IOMMUFD); open it through its group instead"
     )]
     NoCdev {
@@ -216,7 +221,10 @@ mod tests {
         std::fs::create_dir_all(fake.root().join("class/misc/vfio")).unwrap();
         let group = interfaces(&sysfs, &dev);
         assert!(group.group && !group.cdev_iommufd(), "{group}");
+        // Debian's 7.3: the vfio-dev entry exists, without a device number.
         std::fs::create_dir_all(dev.dir().join("vfio-dev/vfio3")).unwrap();
+        assert_eq!(cdev_name(&dev), None);
+        std::fs::write(dev.dir().join("vfio-dev/vfio3/dev"), "238:0\n").unwrap();
         assert_eq!(cdev_name(&dev).as_deref(), Some("vfio3"));
         let half = interfaces(&sysfs, &dev);
         assert!(half.to_string().contains("load iommufd"), "{half}");
@@ -229,6 +237,7 @@ mod tests {
         );
         // Two entries (never made by a kernel) are no answer rather than a guess.
         std::fs::create_dir_all(dev.dir().join("vfio-dev/vfio4")).unwrap();
+        std::fs::write(dev.dir().join("vfio-dev/vfio4/dev"), "238:1\n").unwrap();
         assert_eq!(cdev_name(&dev), None);
     }
 
