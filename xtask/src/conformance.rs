@@ -278,10 +278,18 @@ impl fmt::Display for Table<'_> {
         )?;
         writeln!(
             f,
-            "Columns marked `disable_idle_d3=1` are an extra boot with vfio-pci loaded with \
-             that parameter; it runs only the scenarios headed `module disable_idle_d3=1` (the \
-             model's device is built with `DeviceConfig::disable_idle_d3(true)` for them), which \
-             are n/a on the other boots."
+            "Columns marked `disable_idle_d3=1` run only the scenarios headed `module \
+             disable_idle_d3=1` (the model's device is built with \
+             `DeviceConfig::disable_idle_d3(true)` for them), which are n/a elsewhere: an extra \
+             boot with vfio-pci loaded with that parameter where the kernel latches it at module \
+             init (6.1, 6.12), the D3cold boot's phase `idle-d3-rebind` (parameter written, \
+             device rebound) where it latches it per device (7.3)."
+        )?;
+        writeln!(
+            f,
+            "`newest` is Debian's newest kernel, resolved by name on every run (trixie-backports \
+             or sid; docs/kernel-behaviour.md names the release last compared); it is judged by \
+             the newest model version not newer than it."
         )?;
         writeln!(f)?;
         let mut header = String::from("| scenario |");

@@ -1,9 +1,10 @@
 //! Project automation for vfio-pm, and the real-kernel harness that runs vfio-pm inside QEMU
-//! against Debian's 6.1 and 6.12 kernels.
+//! against Debian's 6.1 and 6.12 kernels and Debian's newest (trixie-backports or sid).
 //!
 //! The pieces, in the order `cargo xtask qemu` uses them:
 //! - [`deps`]: the host packages (QEMU, iasl, static busybox, cpio, xz), installed with apt-get.
-//! - [`kernels`]: the newest Debian kernels resolved by name, downloaded and cached.
+//! - [`kernels`]: the newest Debian kernels resolved by name, downloaded and cached ([`apt`]:
+//!   the project's own apt tree for the newest kernel).
 //! - [`guest`]: the static in-guest binaries and the initramfs.
 //! - [`ssdt`]: the ACPI table that gives the test device D3cold power resources (vfio-pm's own
 //!   generator) and the decoder of its trap port.

@@ -13,6 +13,9 @@
 //!   adds what conformance scenarios and diagnostics need.
 //! - [`sysfs`]: power state, runtime status, residency counters, firmware power resources and more,
 //!   with a configurable root.
+//! - [`iommufd`]: opening a device through `/dev/vfio/devices/vfioN` and an iommufd where the
+//!   kernel has them, and which interfaces it offers; [`fdinfo`]: the PCI device a VFIO fd
+//!   belongs to, as the kernel's fdinfo names it.
 //!
 //! ```no_run
 //! use vfio_pm::{ConformanceDevice, KernelDevice, LowPower, Sysfs};
