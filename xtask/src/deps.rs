@@ -11,6 +11,8 @@ pub const PACKAGES: &[&str] = &[
     "busybox-static",
     "cpio",
     "xz-utils",
+    // Signs trixie-backports and sid, where the newest kernel comes from (crate::apt).
+    "debian-archive-keyring",
 ];
 
 /// Whether a Debian package is installed.
