@@ -4,9 +4,8 @@
 
 use crate::context::Ctx;
 use crate::report::Reporter;
-use std::os::fd::AsFd;
 use vfio_pm::iommufd::{self, IommufdOpenError};
-use vfio_pm::{HostDevice, KernelDevice, LowPower, Support};
+use vfio_pm::{ConformanceDevice, KernelDevice, LowPower, Support};
 
 /// The first release whose vfio.ko prints `vfio-device-syspath` in a device fd's fdinfo.
 pub const FDINFO_SYSPATH_SINCE: (u32, u32) = (6, 18);
@@ -41,9 +40,7 @@ pub fn before_group_open(ctx: &Ctx, r: &mut Reporter) {
                 probe.as_ref().is_ok_and(|s| *s == all),
                 format!("cdev+iommufd open, probe {probe:?}"),
             );
-            let named = dev
-                .device()
-                .map(|d| vfio_pm::fdinfo::pci_address_of_fd(d.as_fd()));
+            let named = dev.fd().map(vfio_pm::fdinfo::pci_address_of_fd);
             r.check(
                 "iommufd-fdinfo-names-device",
                 matches!(named, Ok(Ok(Some(a))) if a == ctx.device),
@@ -79,10 +76,7 @@ pub fn fdinfo_names_device(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice) {
     let want = version
         .is_some_and(|v| v >= FDINFO_SYSPATH_SINCE)
         .then_some(ctx.device);
-    match dev
-        .device()
-        .map(|d| vfio_pm::fdinfo::pci_address_of_fd(d.as_fd()))
-    {
+    match dev.fd().map(vfio_pm::fdinfo::pci_address_of_fd) {
         Ok(Ok(got)) => r.check(
             "fdinfo-names-device",
             got == want,

@@ -62,7 +62,8 @@ struct RegionInfo {
 
 /// Where the device fd comes from (see the module documentation).
 enum DeviceFd {
-    Opened(VfioPciDevice),
+    // Boxed: with vfio-ioctls' vfio_cdev feature a VfioDevice is some 200 bytes.
+    Opened(Box<VfioPciDevice>),
     Shared(Arc<VfioDevice>),
     Fd(OwnedFd),
 }
@@ -122,7 +123,7 @@ impl KernelDevice {
     pub fn open(sysfs: &Sysfs, address: PciAddress) -> Result<Self, OpenError> {
         let device = VfioPciDevice::open(sysfs, address)?;
         let dir = device.sysfs().clone();
-        Self::with_fd(dir, DeviceFd::Opened(device))
+        Self::with_fd(dir, DeviceFd::Opened(Box::new(device)))
     }
 
     /// Opens the device through its cdev and an iommufd (see [`crate::iommufd::open`]), as
