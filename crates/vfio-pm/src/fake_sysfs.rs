@@ -77,6 +77,8 @@ impl FakeSysfs {
         std::fs::create_dir_all(root.join("bus/pci/drivers"))?;
         std::fs::create_dir_all(root.join("kernel/iommu_groups"))?;
         std::fs::create_dir_all(root.join("devices/pci0000:00"))?;
+        // The vfio module's misc device (`/dev/vfio/vfio`): a host with VFIO loaded.
+        std::fs::create_dir_all(root.join("class/misc/vfio"))?;
         Ok(Self { root })
     }
 

@@ -204,20 +204,23 @@ mod tests {
         let (_tmp, sysfs, fake) = tree();
         let addr: PciAddress = "0000:00:05.0".parse().unwrap();
         let dev = sysfs.device(addr).unwrap();
-        // A kernel like Debian's: no misc devices registered yet, no cdev.
-        let none = interfaces(&sysfs, &dev);
+        // A kernel like Debian's: the group interface, no cdev, no iommufd.
+        let group = interfaces(&sysfs, &dev);
         assert_eq!(
-            none,
+            group,
             Interfaces {
-                group: false,
+                group: true,
                 cdev: None,
                 iommufd: false
             }
         );
         assert!(
-            none.to_string().contains("CONFIG_VFIO_DEVICE_CDEV"),
-            "{none}"
+            group.to_string().contains("CONFIG_VFIO_DEVICE_CDEV"),
+            "{group}"
         );
+        // vfio not loaded: no group interface either.
+        std::fs::remove_dir(fake.root().join("class/misc/vfio")).unwrap();
+        assert!(!interfaces(&sysfs, &dev).group);
         std::fs::create_dir_all(fake.root().join("class/misc/vfio")).unwrap();
         let group = interfaces(&sysfs, &dev);
         assert!(group.group && !group.cdev_iommufd(), "{group}");
