@@ -142,6 +142,62 @@ fn host_check(name: &str, passed: bool, detail: String) -> Check {
     }
 }
 
+/// The model-vs-kernel verdicts of one boot (see [`RunResult::conformance`]), their host checks
+/// and the check of the `disable_idle_d3` latch the guest's `idle-d3-rebind` phase saw, pushed
+/// to `hc`.
+fn conformance_sets(
+    kernel: &KernelImage,
+    platform: Platform,
+    disable_idle_d3: bool,
+    report: &GuestReport,
+    hc: &mut Vec<Check>,
+) -> Vec<crate::conformance::RunConformance> {
+    let model = crate::conformance::model_kernel(&kernel.release);
+    let latch = report
+        .info(crate::conformance::LATCH_INFO)
+        .map(str::to_string);
+    if let Some(latch) = &latch {
+        let name = |per_device: bool| {
+            if per_device {
+                "per-device"
+            } else {
+                "module-init"
+            }
+        };
+        let module = kernel.latches_disable_idle_d3_per_device();
+        hc.push(host_check(
+            "host-disable-idle-d3-latch",
+            module.map(name) == Some(latch.as_str()),
+            format!(
+                "guest saw the {latch} latch; vfio-pci.ko says {}; the model's {model} says {}",
+                module.map_or("?", name),
+                name(model.latches_disable_idle_d3_per_device())
+            ),
+        ));
+    }
+    let mut sets = Vec::new();
+    if report
+        .records
+        .contains(&crate::console::Record::Begin("scenarios".into()))
+    {
+        sets.push(disable_idle_d3);
+    }
+    if latch.as_deref() == Some("per-device") && !disable_idle_d3 {
+        sets.push(true);
+    }
+    let mut conformance = Vec::new();
+    for idle_d3 in sets {
+        match crate::conformance::compare(kernel.series, model, platform, idle_d3, report) {
+            Ok(c) => {
+                hc.extend(c.host_checks());
+                conformance.push(c);
+            }
+            Err(e) => hc.push(host_check("host-scenarios-parse", false, e.to_string())),
+        }
+    }
+    conformance
+}
+
 impl RunResult {
     fn judge(
         kernel: KernelImage,
@@ -206,49 +262,7 @@ impl RunResult {
             )),
             Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
         }
-        let model = crate::conformance::model_kernel(&kernel.release);
-        let latch = report
-            .info(crate::conformance::LATCH_INFO)
-            .map(str::to_string);
-        if let Some(latch) = &latch {
-            let name = |per_device: bool| {
-                if per_device {
-                    "per-device"
-                } else {
-                    "module-init"
-                }
-            };
-            let module = kernel.latches_disable_idle_d3_per_device();
-            hc.push(host_check(
-                "host-disable-idle-d3-latch",
-                module.map(name) == Some(latch.as_str()),
-                format!(
-                    "guest saw the {latch} latch; vfio-pci.ko says {}; the model's {model} says {}",
-                    module.map_or("?", name),
-                    name(model.latches_disable_idle_d3_per_device())
-                ),
-            ));
-        }
-        let mut sets = Vec::new();
-        if report
-            .records
-            .contains(&crate::console::Record::Begin("scenarios".into()))
-        {
-            sets.push(disable_idle_d3);
-        }
-        if latch.as_deref() == Some("per-device") && !disable_idle_d3 {
-            sets.push(true);
-        }
-        let mut conformance = Vec::new();
-        for idle_d3 in sets {
-            match crate::conformance::compare(kernel.series, model, platform, idle_d3, &report) {
-                Ok(c) => {
-                    hc.extend(c.host_checks());
-                    conformance.push(c);
-                }
-                Err(e) => hc.push(host_check("host-scenarios-parse", false, e.to_string())),
-            }
-        }
+        let conformance = conformance_sets(&kernel, platform, disable_idle_d3, &report, &mut hc);
         Self {
             kernel,
             platform,

@@ -387,6 +387,43 @@ fn first_file(root: &Path, candidates: &[String]) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Copies (decompressing `.ko.xz`) the [`MODULES`] found under `kroot` into `dir`, named
+/// `<load position>-<name>.ko`; returns the `modules.order` text.
+fn copy_modules(kroot: &Path, dir: &Path, release: &str) -> Result<String> {
+    let mut order = String::new();
+    for (i, m) in MODULES.iter().enumerate() {
+        let base = kroot.join(m);
+        let name = format!(
+            "{i}-{}.ko",
+            Path::new(m)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("m")
+        );
+        let plain = base.with_extension("ko");
+        let xz = base.with_extension("ko.xz");
+        if plain.is_file() {
+            std::fs::copy(&plain, dir.join(&name))?;
+        } else if xz.is_file() {
+            let out = std::fs::File::create(dir.join(&name))?;
+            let st = Command::new("xz")
+                .arg("-dc")
+                .arg(&xz)
+                .stdout(out)
+                .status()?;
+            if !st.success() {
+                bail!("xz -d {} failed", xz.display());
+            }
+        } else {
+            eprintln!("xtask kernels: {release}: no {m}.ko; built in or not configured");
+            continue;
+        }
+        order.push_str(&name);
+        order.push('\n');
+    }
+    Ok(order)
+}
+
 /// Makes sure `package` (an image package of `series`) is cached.
 pub fn ensure_package(series: KernelSeries, package: &str) -> Result<KernelImage> {
     let release = package
@@ -438,37 +475,7 @@ pub fn ensure_package(series: KernelSeries, package: &str) -> Result<KernelImage
         .map(|l| root.join(l).join("modules").join(release).join("kernel"))
         .find(|p| p.is_dir())
         .with_context(|| format!("the packages of {package} have no modules for {release}"))?;
-    let mut order = String::new();
-    for (i, m) in MODULES.iter().enumerate() {
-        let base = kroot.join(m);
-        let name = format!(
-            "{i}-{}.ko",
-            Path::new(m)
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or("m")
-        );
-        let plain = base.with_extension("ko");
-        let xz = base.with_extension("ko.xz");
-        if plain.is_file() {
-            std::fs::copy(&plain, dir.join(&name))?;
-        } else if xz.is_file() {
-            let out = std::fs::File::create(dir.join(&name))?;
-            let st = Command::new("xz")
-                .arg("-dc")
-                .arg(&xz)
-                .stdout(out)
-                .status()?;
-            if !st.success() {
-                bail!("xz -d {} failed", xz.display());
-            }
-        } else {
-            eprintln!("xtask kernels: {release}: no {m}.ko; built in or not configured");
-            continue;
-        }
-        order.push_str(&name);
-        order.push('\n');
-    }
+    let order = copy_modules(&kroot, &dir, release)?;
     std::fs::write(dir.join("modules.order"), order)?;
     let _ = std::fs::remove_dir_all(&tmp);
     load_cached(series, package, &dir)
