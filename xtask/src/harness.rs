@@ -142,6 +142,18 @@ fn host_check(name: &str, passed: bool, detail: String) -> Check {
     }
 }
 
+/// The interfaces the guest's doctor code found (`VFIOPM INFO vfio-interfaces`) against the
+/// kernel's configuration: cdev + iommufd offered exactly when the kernel is built with them.
+fn interfaces_check(kernel: &KernelImage, report: &GuestReport) -> Option<Check> {
+    let seen = report.info("vfio-interfaces")?;
+    let want = kernel.has_cdev_iommufd();
+    Some(host_check(
+        "host-vfio-interfaces-config",
+        seen.contains("cdev+iommufd: yes") == want && seen.contains("group/container: yes"),
+        format!("guest: {seen}; kernel config: VFIO_DEVICE_CDEV and IOMMUFD {want}"),
+    ))
+}
+
 /// The model-vs-kernel verdicts of one boot (see [`RunResult::conformance`]), their host checks
 /// and the check of the `disable_idle_d3` latch the guest's `idle-d3-rebind` phase saw, pushed
 /// to `hc`.
@@ -262,6 +274,7 @@ impl RunResult {
             )),
             Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
         }
+        hc.extend(interfaces_check(&kernel, &report));
         let conformance = conformance_sets(&kernel, platform, disable_idle_d3, &report, &mut hc);
         Self {
             kernel,
@@ -505,7 +518,7 @@ mod tests {
             release: release.into(),
             vmlinuz: PathBuf::new(),
             modules: vec![ko],
-            config: None,
+            config: dir.join("config"),
         }
     }
 

@@ -113,9 +113,8 @@ pub struct KernelImage {
     pub vmlinuz: PathBuf,
     /// Uncompressed modules, in load order.
     pub modules: Vec<PathBuf>,
-    /// The kernel's build configuration (`boot/config-R` or `usr/lib/modules/R/config`),
-    /// when a downloaded package carried it.
-    pub config: Option<PathBuf>,
+    /// The kernel's build configuration (`boot/config-R` or `usr/lib/modules/R/config`).
+    pub config: PathBuf,
 }
 
 /// The vfio-pci-core export through which vfio-pci hands its module parameters over once, at
@@ -148,10 +147,17 @@ impl KernelImage {
     }
 
     /// The value of `CONFIG_<name>` in the kernel's configuration: `Some("y")`, `Some("m")`,
-    /// `Some("")` for "is not set", None without a configuration or when it is not mentioned.
+    /// `Some("")` for "is not set", None when it is not mentioned (or unreadable).
     pub fn config_value(&self, name: &str) -> Option<String> {
-        let text = std::fs::read_to_string(self.config.as_ref()?).ok()?;
+        let text = std::fs::read_to_string(&self.config).ok()?;
         config_value(&text, name)
+    }
+
+    /// Whether the kernel is built with the VFIO device cdev and iommufd
+    /// (`CONFIG_VFIO_DEVICE_CDEV=y`, `CONFIG_IOMMUFD=y|m`).
+    pub fn has_cdev_iommufd(&self) -> bool {
+        self.config_value("VFIO_DEVICE_CDEV").as_deref() == Some("y")
+            && matches!(self.config_value("IOMMUFD").as_deref(), Some("y" | "m"))
     }
 }
 
@@ -183,23 +189,22 @@ pub fn parse_depends(output: &str, prefix: &str) -> Option<String> {
 }
 
 /// The packages that carry the files of image package `package` (release `release`): its
-/// `linux-binary-R` and `linux-modules-R` dependencies where Debian splits the kernel (6.x
-/// from Debian 13 on), else the image package itself.
+/// `linux-binary-R`, `linux-modules-R` and `linux-base-R` (the kernel's `config`) dependencies
+/// where Debian splits the kernel (6.x from Debian 13 on), else the image package itself.
 pub fn split_packages(depends_output: &str, package: &str, release: &str) -> Vec<String> {
-    let split: Vec<String> = ["linux-binary-", "linux-modules-"]
-        .iter()
-        .filter_map(|p| {
-            let want = format!("{p}{release}");
-            depends_output.lines().find_map(|l| {
-                let dep = l.trim().strip_prefix("Depends:")?.trim();
-                (dep == want).then(|| dep.to_string())
-            })
+    let dep = |prefix: &str| {
+        let want = format!("{prefix}{release}");
+        depends_output.lines().find_map(|l| {
+            let dep = l.trim().strip_prefix("Depends:")?.trim();
+            (dep == want).then(|| dep.to_string())
         })
-        .collect();
-    if split.len() == 2 {
-        split
-    } else {
-        vec![package.to_string()]
+    };
+    match (dep("linux-binary-"), dep("linux-modules-")) {
+        (Some(binary), Some(modules)) => [Some(binary), Some(modules), dep("linux-base-")]
+            .into_iter()
+            .flatten()
+            .collect(),
+        _ => vec![package.to_string()],
     }
 }
 
@@ -269,15 +274,17 @@ fn load_cached(series: KernelSeries, package: &str, dir: &Path) -> Option<Kernel
         .filter(|l| !l.is_empty())
         .map(|l| dir.join(l))
         .collect();
-    let config = Some(dir.join("config")).filter(|c| c.is_file());
-    (vmlinuz.is_file() && modules.iter().all(|m| m.is_file())).then_some(KernelImage {
-        series,
-        package: package.to_string(),
-        release,
-        vmlinuz,
-        modules,
-        config,
-    })
+    let config = dir.join("config");
+    (vmlinuz.is_file() && config.is_file() && modules.iter().all(|m| m.is_file())).then_some(
+        KernelImage {
+            series,
+            package: package.to_string(),
+            release,
+            vmlinuz,
+            modules,
+            config,
+        },
+    )
 }
 
 fn find_seeded_deb(package: &str) -> Option<PathBuf> {
@@ -461,15 +468,15 @@ pub fn ensure_package(series: KernelSeries, package: &str) -> Result<KernelImage
     )
     .with_context(|| format!("the packages of {package} have no vmlinuz for {release}"))?;
     std::fs::copy(&vmlinuz, dir.join(format!("vmlinuz-{release}")))?;
-    if let Some(c) = first_file(
+    let config = first_file(
         &root,
         &[
             format!("boot/config-{release}"),
             format!("usr/lib/modules/{release}/config"),
         ],
-    ) {
-        std::fs::copy(c, dir.join("config"))?;
-    }
+    )
+    .with_context(|| format!("the packages of {package} have no kernel config"))?;
+    std::fs::copy(config, dir.join("config"))?;
     let kroot = ["lib", "usr/lib"]
         .iter()
         .map(|l| root.join(l).join("modules").join(release).join("kernel"))
@@ -513,7 +520,8 @@ mod tests {
             split_packages(out, "linux-image-7.3.4+deb13-amd64", release),
             [
                 "linux-binary-7.3.4+deb13-amd64",
-                "linux-modules-7.3.4+deb13-amd64"
+                "linux-modules-7.3.4+deb13-amd64",
+                "linux-base-7.3.4+deb13-amd64"
             ]
         );
         // Debian 12's kernels are one package.
