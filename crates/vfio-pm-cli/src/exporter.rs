@@ -2,7 +2,8 @@
 //!
 //! Sysfs is re-read at every scrape; a background sampler also reads it every `--interval` so
 //! that transitions and wakes between scrapes are counted. The doctor's D3cold verdict is made
-//! from sysfs and the kernel version only: the exporter never opens a device.
+//! from sysfs and the kernel version only: the exporter never opens a device. The HTTP server
+//! and its fixed bounds are in [`server`].
 //!
 //! Metrics (Prometheus text format 0.0.4, encoded by `prometheus-client`); every per-device
 //! metric carries the labels `bdf`, `vendor`, `device`, `class` and `driver`:
@@ -20,8 +21,11 @@
 //! | `vfio_pm_scrape_errors_total` | counter | | sysfs reads that failed during scrapes |
 //! | `vfio_pm_build_info` | gauge | `version` | always 1 |
 
+mod server;
+
 use crate::watch::shutdown_signals;
-use anyhow::{anyhow, Context, Result};
+use anyhow::{Context, Result};
+use hyper::StatusCode;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
@@ -29,15 +33,14 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
+use server::Reply;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::TcpListener;
 use std::os::fd::AsFd;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
-use tiny_http::{Header, Method, Response, Server};
 use vfio_pm::doctor::{diagnose, KernelSupport};
 use vfio_pm::residency::{ResidencyTracker, Sample, StateTimes};
 use vfio_pm::{DeviceReport, PciAddress, PowerState, RuntimeStatus, Sysfs};
@@ -47,8 +50,9 @@ use vfio_pm::{DeviceReport, PciAddress, PowerState, RuntimeStatus, Sysfs};
 pub struct ExporterArgs {
     /// Address to listen on. Loopback by default: expose it further on purpose (reverse proxy,
     /// firewall), as the metrics describe the host's hardware.
+    /// A host name is resolved (localhost:9860).
     #[arg(long, default_value = "127.0.0.1:9860")]
-    pub listen: SocketAddr,
+    pub listen: String,
     /// How often the background sampler reads sysfs to catch transitions and wakes between scrapes.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -369,46 +373,42 @@ fn render(state: &Mutex<State>) -> Result<String, std::fmt::Error> {
     Ok(out)
 }
 
-fn header(name: &str, value: &str) -> Header {
-    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("static header is valid")
-}
-
 const INDEX: &str = "<html><head><title>vfio-pm exporter</title></head><body>\
 <h1>vfio-pm exporter</h1><p><a href=\"/metrics\">Metrics</a></p></body></html>\n";
 
-fn serve(server: &Server, state: &Mutex<State>, stop: &AtomicBool) {
-    for req in server.incoming_requests() {
-        if stop.load(Ordering::SeqCst) {
-            break;
-        }
-        let path = req.url().split('?').next().unwrap_or("").to_string();
-        let get = matches!(req.method(), Method::Get | Method::Head);
-        let response = match (get, path.as_str()) {
-            (true, "/metrics") => match render(state) {
-                Ok(body) => Response::from_string(body).with_header(header(
-                    "Content-Type",
-                    prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-                )),
-                Err(_) => {
-                    state
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .scrape_errors += 1;
-                    Response::from_string("encoding the metrics failed\n").with_status_code(500)
-                }
+/// The exporter's pages by path.
+fn page(state: &Mutex<State>, path: &str) -> Reply {
+    match path {
+        "/metrics" => match render(state) {
+            Ok(body) => Reply {
+                status: StatusCode::OK,
+                content_type: prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
+                body,
             },
-            (true, "/") => Response::from_string(INDEX)
-                .with_header(header("Content-Type", "text/html; charset=utf-8")),
-            (true, _) => {
-                Response::from_string("not found; metrics are at /metrics\n").with_status_code(404)
+            Err(_) => {
+                state
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .scrape_errors += 1;
+                Reply::text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "encoding the metrics failed\n",
+                )
             }
-            (false, _) => Response::from_string("only GET and HEAD\n").with_status_code(405),
-        };
-        // A client that hung up is its own problem, not the exporter's.
-        let _ = req.respond(response);
+        },
+        "/" => Reply {
+            status: StatusCode::OK,
+            content_type: "text/html; charset=utf-8",
+            body: INDEX.to_string(),
+        },
+        _ => Reply::text(
+            StatusCode::NOT_FOUND,
+            "not found; metrics are at /metrics\n",
+        ),
     }
 }
 
+/// Runs the exporter until SIGINT or SIGTERM.
 pub fn run(sysfs: &Sysfs, args: ExporterArgs) -> Result<ExitCode> {
     if args.interval.is_zero() {
         anyhow::bail!("--interval must be more than zero");
@@ -417,18 +417,14 @@ pub fn run(sysfs: &Sysfs, args: ExporterArgs) -> Result<ExitCode> {
     sysfs.devices().context("cannot list PCI devices")?;
     // Blocked before any thread starts, so every thread inherits the mask.
     let sigfd = shutdown_signals()?;
-    let server = Arc::new(
-        Server::http(args.listen).map_err(|e| anyhow!("cannot listen on {}: {e}", args.listen))?,
-    );
-    let addr = server
-        .server_addr()
-        .to_ip()
-        .map(|a| a.to_string())
-        .unwrap_or_else(|| args.listen.to_string());
-    if !args.listen.ip().is_loopback() {
+    // A host name (localhost:9860) is resolved here; its first address that binds is used.
+    let listener = TcpListener::bind(args.listen.as_str())
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr().context("the listening address")?;
+    if !addr.ip().is_loopback() {
         eprintln!(
             "vfio-pm exporter: warning: listening on {}, not loopback: anyone who reaches it sees this host's devices",
-            args.listen.ip()
+            addr.ip()
         );
     }
     eprintln!("vfio-pm exporter: listening on http://{addr}/metrics");
@@ -439,7 +435,6 @@ pub fn run(sysfs: &Sysfs, args: ExporterArgs) -> Result<ExitCode> {
         trackers: BTreeMap::new(),
         scrape_errors: 0,
     }));
-    let stop = Arc::new(AtomicBool::new(false));
 
     let (stop_sampler, sampler_stopped) = mpsc::channel::<()>();
     let sampler = {
@@ -456,26 +451,27 @@ pub fn run(sysfs: &Sysfs, args: ExporterArgs) -> Result<ExitCode> {
             }
         })
     };
-    // The signal watcher ends the accept loop; it runs until the process exits.
-    {
-        let server = Arc::clone(&server);
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
-            loop {
-                match poll(&mut fds, PollTimeout::NONE) {
-                    Ok(n) if n > 0 => break,
-                    Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
-                    Err(_) => break,
-                }
+    // The signal watcher ends the server; it runs until the process exits.
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let mut fds = [PollFd::new(sigfd.as_fd(), PollFlags::POLLIN)];
+        loop {
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(n) if n > 0 => break,
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => break,
             }
-            stop.store(true, Ordering::SeqCst);
-            server.unblock();
-        });
-    }
-    serve(&server, &state, &stop);
+        }
+        let _ = stop_server.send(());
+    });
+    let pages = {
+        let state = Arc::clone(&state);
+        Arc::new(move |path: &str| page(&state, path))
+    };
+    let served = server::serve(listener, server::LIMITS, pages, server_stopped);
     drop(stop_sampler);
     let _ = sampler.join();
+    served.context("the HTTP server failed")?;
     eprintln!("vfio-pm exporter: signal received, stopped");
     Ok(ExitCode::SUCCESS)
 }
