@@ -1,7 +1,6 @@
 //! `vfio-pm aml`: the SSDT for a device configuration, as AML bytes or ASL text.
 
 use anyhow::{Context, Result};
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use vfio_pm_vmm::aml;
@@ -42,7 +41,7 @@ pub fn run(args: AmlArgs) -> Result<ExitCode> {
                 args.dsl || !std::io::IsTerminal::is_terminal(&std::io::stdout()),
                 "refusing to write binary AML to a terminal: use -o FILE or --dsl"
             );
-            std::io::stdout().write_all(&bytes)?;
+            crate::out::write_bytes(&bytes)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -68,22 +68,22 @@ pub fn probe(sysfs: &Sysfs, bdf: PciAddress, via: Interface, json: bool) -> Resu
     let dev = open(sysfs, bdf, via)?;
     let support = dev.probe_low_power()?;
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::to_string(&ProbeOut {
                 address: bdf,
                 support
             })?
-        );
+        )?;
     } else {
         let yn = |b| if b { "yes" } else { "no" };
-        println!("{bdf}:");
-        println!("  LOW_POWER_ENTRY              {}", yn(support.entry));
-        println!(
+        crate::outln!("{bdf}:")?;
+        crate::outln!("  LOW_POWER_ENTRY              {}", yn(support.entry))?;
+        crate::outln!(
             "  LOW_POWER_ENTRY_WITH_WAKEUP  {}",
             yn(support.entry_with_wakeup)
-        );
-        println!("  LOW_POWER_EXIT               {}", yn(support.exit));
+        )?;
+        crate::outln!("  LOW_POWER_EXIT               {}", yn(support.exit))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -203,7 +203,7 @@ pub fn cycle(
     );
     let mut all_ok = true;
     let mut cycles = Vec::new();
-    for n in 1..=count.max(1) {
+    for n in 1..=count {
         let c = one_cycle(&dev, n, wakeup, timeout)?;
         all_ok &= c.ok;
         if !json {
@@ -211,7 +211,7 @@ pub fn cycle(
                 (Some(w), Some(k)) => format!(", woken by host access in {w:.1} ms (eventfd x{k})"),
                 _ => String::new(),
             };
-            println!(
+            crate::outln!(
                 "cycle {}: {} {} in {:.1} ms{wake}, exit to {} in {:.1} ms{}",
                 c.cycle,
                 c.reached,
@@ -220,18 +220,18 @@ pub fn cycle(
                 c.after_exit,
                 c.exit_ms,
                 if c.ok { "" } else { "  FAILED" }
-            );
+            )?;
             for p in &c.problems {
-                println!("  problem: {p}");
+                crate::outln!("  problem: {p}")?;
             }
         }
         cycles.push(c);
     }
     if json {
-        println!(
+        crate::outln!(
             "{}",
             serde_json::json!({"address": bdf, "support": support, "cycles": cycles, "ok": all_ok})
-        );
+        )?;
     }
     Ok(if all_ok {
         ExitCode::SUCCESS
@@ -265,27 +265,25 @@ enum HoldEvent {
     },
 }
 
-fn emit(json: bool, e: &HoldEvent) {
+/// Prints one event; an error when stdout is gone (which ends the hold).
+fn emit(json: bool, e: &HoldEvent) -> Result<()> {
     if json {
-        if let Ok(s) = serde_json::to_string(e) {
-            println!("{s}");
-        }
-        return;
+        return crate::outln!("{}", serde_json::to_string(e)?);
     }
     match e {
         HoldEvent::Entered { t_ms, variant } => {
-            println!("{:>9.1}s  entered low power ({variant})", t_ms / 1e3)
+            crate::outln!("{:>9.1}s  entered low power ({variant})", t_ms / 1e3)
         }
         HoldEvent::State {
             t_ms,
             state,
             previous_for_ms,
-        } if *previous_for_ms == 0.0 => println!("{:>9.1}s  {state}", t_ms / 1e3),
+        } if *previous_for_ms == 0.0 => crate::outln!("{:>9.1}s  {state}", t_ms / 1e3),
         HoldEvent::State {
             t_ms,
             state,
             previous_for_ms,
-        } => println!(
+        } => crate::outln!(
             "{:>9.1}s  {state}  (previous state lasted {})",
             t_ms / 1e3,
             crate::table::human(Duration::from_micros((*previous_for_ms * 1e3) as u64))
@@ -294,7 +292,7 @@ fn emit(json: bool, e: &HoldEvent) {
             t_ms,
             count,
             rearmed,
-        } => println!(
+        } => crate::outln!(
             "{:>9.1}s  WAKE: host-side access woke the device (eventfd x{count}){}",
             t_ms / 1e3,
             if *rearmed { ", re-armed" } else { "" }
@@ -304,7 +302,7 @@ fn emit(json: bool, e: &HoldEvent) {
             state,
             wakes,
             suspended_ms,
-        } => println!(
+        } => crate::outln!(
             "{:>9.1}s  exited low power: {state}; {wakes} wake(s), suspended {}",
             t_ms / 1e3,
             crate::table::human(Duration::from_micros((*suspended_ms * 1e3) as u64))
@@ -320,7 +318,7 @@ struct StateLog {
 }
 
 impl StateLog {
-    fn start(first: PowerObservation, json: bool, t_ms: f64) -> Self {
+    fn start(first: PowerObservation, json: bool, t_ms: f64) -> Result<Self> {
         emit(
             json,
             &HoldEvent::State {
@@ -328,18 +326,18 @@ impl StateLog {
                 state: first.clone(),
                 previous_for_ms: 0.0,
             },
-        );
-        Self {
+        )?;
+        Ok(Self {
             last: first,
             since: Instant::now(),
             suspended_for: Duration::ZERO,
-        }
+        })
     }
 
     /// Prints a line when `now` differs from the last state.
-    fn update(&mut self, now: PowerObservation, json: bool, t_ms: f64) {
+    fn update(&mut self, now: PowerObservation, json: bool, t_ms: f64) -> Result<()> {
         if now == self.last {
-            return;
+            return Ok(());
         }
         if self.last.runtime_status == RuntimeStatus::Suspended {
             self.suspended_for += self.since.elapsed();
@@ -351,9 +349,10 @@ impl StateLog {
                 state: now.clone(),
                 previous_for_ms: ms(self.since.elapsed()),
             },
-        );
+        )?;
         self.last = now;
         self.since = Instant::now();
+        Ok(())
     }
 
     /// Total time seen suspended, including the current stretch.
@@ -398,8 +397,8 @@ pub fn hold(
     };
     arm()?;
     let variant = if wakeup { "entry_with_wakeup" } else { "entry" };
-    emit(json, &HoldEvent::Entered { t_ms: t(), variant });
-    let mut log = StateLog::start(dev.observe()?, json, t());
+    emit(json, &HoldEvent::Entered { t_ms: t(), variant })?;
+    let mut log = StateLog::start(dev.observe()?, json, t())?;
     let mut wakes = 0u64;
     loop {
         if duration.is_some_and(|d| start.elapsed() >= d) {
@@ -428,7 +427,7 @@ pub fn hold(
         if count > 0 {
             wakes += count;
             // Show the wake's D0 before re-arming: sampling alone would miss it.
-            log.update(dev.observe()?, json, t());
+            log.update(dev.observe()?, json, t())?;
             // The kernel left low power when it signalled (one-shot); ask again.
             let rearmed = arm().is_ok();
             emit(
@@ -438,9 +437,9 @@ pub fn hold(
                     count,
                     rearmed,
                 },
-            );
+            )?;
         }
-        log.update(dev.observe()?, json, t());
+        log.update(dev.observe()?, json, t())?;
     }
     let suspended_for = log.finish();
     dev.exit_low_power()?;
@@ -455,6 +454,6 @@ pub fn hold(
             wakes,
             suspended_ms: ms(suspended_for),
         },
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

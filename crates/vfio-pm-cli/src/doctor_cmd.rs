@@ -13,9 +13,9 @@ pub fn run(sysfs: &Sysfs, bdf: PciAddress, json: bool, no_open: bool) -> Result<
     };
     let d = diagnose(sysfs, bdf, mode)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&d)?)?;
     } else {
-        println!("{bdf}:");
+        crate::outln!("{bdf}:")?;
         for c in &d.checks {
             let mark = match c.verdict {
                 Verdict::Pass => "ok  ",
@@ -23,18 +23,18 @@ pub fn run(sysfs: &Sysfs, bdf: PciAddress, json: bool, no_open: bool) -> Result<
                 Verdict::Warn => "warn",
                 Verdict::Unknown => "?   ",
             };
-            println!("  [{mark}] {:<26} {}", c.id, c.detail);
+            crate::outln!("  [{mark}] {:<26} {}", c.id, c.detail)?;
             if let Some(fix) = &c.fix {
-                println!("         fix: {fix}");
+                crate::outln!("         fix: {fix}")?;
             }
         }
         if d.d3cold_reachable {
-            println!("verdict: D3cold is reachable when the device is idle");
+            crate::outln!("verdict: D3cold is reachable when the device is idle")?;
         } else {
-            println!(
+            crate::outln!(
                 "verdict: D3cold is NOT reachable; an idle device is expected to reach {}",
                 d.expected_idle_state
-            );
+            )?;
         }
     }
     Ok(if d.d3cold_reachable {

@@ -17,6 +17,7 @@
 //! | `vfio_pm_device_observed_state_seconds_total` | counter | `state` | time attributed to D0/D3hot/D3cold by the sampler since the exporter started |
 //! | `vfio_pm_device_transitions_total` | counter | | state changes seen by the exporter |
 //! | `vfio_pm_device_wakes_total` | counter | | wakes (suspended → active) seen or proven from the counters |
+//! | `vfio_pm_device_counter_jumps_total` | counter | | intervals where the kernel counters outgrew the clock (reset or bad read) |
 //! | `vfio_pm_device_d3cold_reachable` | gauge | | 1 when the doctor says an idle device reaches D3cold |
 //! | `vfio_pm_scrape_errors_total` | counter | | sysfs reads that failed during scrapes |
 //! | `vfio_pm_build_info` | gauge | `version` | always 1 |
@@ -151,6 +152,7 @@ impl State {
                     observed: tracker.map(|t| t.observed()).unwrap_or_default(),
                     transitions: tracker.map_or(0, |t| t.transitions()),
                     wakes: tracker.map_or(0, |t| t.wakes()),
+                    counter_jumps: tracker.map_or(0, |t| t.counter_jumps()),
                     d3cold_reachable: reachable,
                 }
             })
@@ -178,6 +180,7 @@ struct DeviceMetrics {
     observed: StateTimes,
     transitions: u64,
     wakes: u64,
+    counter_jumps: u64,
     d3cold_reachable: Option<bool>,
 }
 
@@ -329,6 +332,15 @@ impl Collector for Snapshot {
             None,
             devs.iter()
                 .map(|d| (d.labels.clone(), d.wakes))
+                .collect(),
+        )?;
+        counter(
+            &mut enc,
+            "vfio_pm_device_counter_jumps",
+            "Sample intervals in which the kernel's runtime counters grew by more than the time that passed (a counter reset or a bad read); that time went to the sampled state instead.",
+            None,
+            devs.iter()
+                .map(|d| (d.labels.clone(), d.counter_jumps))
                 .collect(),
         )?;
         gauge(

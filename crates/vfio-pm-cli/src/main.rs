@@ -5,6 +5,7 @@ mod demo;
 mod direct;
 mod doctor_cmd;
 mod exporter;
+mod out;
 mod qemu;
 mod status;
 mod table;
@@ -90,8 +91,8 @@ enum Command {
         /// Use ENTRY_WITH_WAKEUP, wake the device by a host-side access and verify the eventfd fired once.
         #[arg(long)]
         wakeup: bool,
-        /// Number of cycles.
-        #[arg(long, default_value_t = 1)]
+        /// Number of cycles (at least 1).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         count: u32,
         /// How long to wait for the kernel to suspend the device.
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
@@ -134,6 +135,14 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.sysfs_root.is_some() && matches!(cli.command, Command::Aml(_) | Command::Demo(_)) {
+        <Cli as clap::CommandFactory>::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--sysfs-root does not apply to aml and demo: they read no sysfs",
+            )
+            .exit();
+    }
     let sysfs = match &cli.sysfs_root {
         Some(root) => Sysfs::new(root),
         None => Sysfs::from_env(),
@@ -169,8 +178,10 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`| head`): nothing more to say.
+        Err(e) if out::is_closed_stdout(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("vfio-pm: error: {e:#}");
+            eprintln!("vfio-pm: error: {}", out::error_text(&e));
             ExitCode::from(2)
         }
     }

@@ -6,7 +6,7 @@ use serde::Serialize;
 use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
-use vfio_pm::residency::{D3Split, Residency};
+use vfio_pm::residency::{uptime, D3Split, Residency};
 use vfio_pm::{DeviceReport, PciAddress, Sysfs};
 
 /// Reports for `wanted` (all devices when empty), vfio-bound first, then by address.
@@ -17,8 +17,10 @@ pub fn reports(sysfs: &Sysfs, wanted: &[PciAddress]) -> Result<Vec<DeviceReport>
             out.push(d.report());
         }
     } else {
-        for a in wanted {
-            out.push(sysfs.device(*a)?.report());
+        // The same device may be named twice (`00:05.0 0000:00:05.0`): listed once.
+        let unique: std::collections::BTreeSet<PciAddress> = wanted.iter().copied().collect();
+        for a in unique {
+            out.push(sysfs.device(a)?.report());
         }
     }
     out.sort_by_key(|r| (!r.is_vfio(), r.address));
@@ -47,15 +49,16 @@ fn d3cold_column(r: &Residency) -> String {
 
 pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode> {
     let reports = reports(sysfs, wanted)?;
+    let since_boot = uptime();
     let entries: Vec<StatusEntry> = reports
         .iter()
         .map(|report| StatusEntry {
             report,
-            residency: Residency::from_report(report),
+            residency: Residency::from_report(report, since_boot),
         })
         .collect();
     if json {
-        println!("{}", serde_json::to_string_pretty(&entries)?);
+        crate::outln!("{}", serde_json::to_string_pretty(&entries)?)?;
         return Ok(ExitCode::SUCCESS);
     }
     let rows: Vec<Vec<String>> = entries
@@ -78,7 +81,7 @@ pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode>
             ]
         })
         .collect();
-    print!(
+    crate::out::write(format_args!(
         "{}",
         table::render(
             &[
@@ -95,18 +98,24 @@ pub fn run(sysfs: &Sysfs, wanted: &[PciAddress], json: bool) -> Result<ExitCode>
             ],
             &rows
         )
-    );
+    ))?;
+    // Counters that cannot be right are said so, not silently shown as `?`.
+    for e in &entries {
+        if let Some(why) = &e.residency.counter_error {
+            eprintln!("vfio-pm: {}: residency not shown: {why}", e.report.address);
+        }
+    }
     // A legend for people; scripts reading a pipe get the table alone.
     if std::io::stdout().is_terminal()
         && entries
             .iter()
             .any(|e| e.residency.d3_split == D3Split::Unknown)
     {
-        println!(
+        crate::outln!(
             "\nACTIVE is D0 time and SUSPENDED is D3hot+D3cold time since boot (kernel counters). \
              The kernel does not split D3hot from D3cold (D3COLD ?): `vfio-pm watch` attributes it; \
              \"never\" means the slot cannot reach D3cold, so all of it was D3hot."
-        );
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

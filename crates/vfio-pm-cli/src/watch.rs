@@ -341,6 +341,14 @@ impl Watcher<'_> {
                 &rows
             )
         ));
+        for (a, s, _) in &all {
+            if s.counter_jumps > 0 {
+                self.out(format_args!(
+                    "{a}: the kernel counters grew faster than the clock {} time(s) (a reset or a bad read): that time was attributed to the state sampled\n",
+                    s.counter_jumps
+                ));
+            }
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub enum OpenError {
     #[error(transparent)]
     Sysfs(#[from] SysfsError),
     /// Bound to another driver, or to none.
-    #[error("{address} is {}, not vfio-pci (bind it: echo vfio-pci > .../driver_override; echo {address} > /sys/bus/pci/drivers_probe)", bound_to(.driver))]
+    #[error("{address} is {}, not vfio-pci (bind it: {})", bound_to(.driver), crate::doctor::bind_commands(*.address, .driver))]
     NotVfio {
         /// The device.
         address: PciAddress,

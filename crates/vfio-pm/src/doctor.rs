@@ -9,7 +9,7 @@ use crate::device::OpenError;
 use crate::host::LowPower;
 use crate::kernel::KernelDevice;
 use crate::pci::PciAddress;
-use crate::sysfs::{DeviceReport, Field, Sysfs, SysfsError};
+use crate::sysfs::{D3coldPower, DeviceReport, Sysfs, SysfsError};
 use serde::Serialize;
 
 /// How to find out whether the kernel offers the low-power features.
@@ -96,20 +96,20 @@ pub fn diagnose(
     let bdf = address.to_string();
 
     let vfio = r.is_vfio();
-    checks.push(check(
-        "vfio_bound",
-        if vfio { Verdict::Pass } else { Verdict::Fail },
-        format!("driver: {}", r.driver.display()),
-        Some(&{
-            let unbind = match r.driver.known().map(String::as_str) {
-                Some("none") | None => String::new(),
-                Some(d) => format!("echo {bdf} > /sys/bus/pci/drivers/{d}/unbind; "),
-            };
-            format!(
-                "echo vfio-pci > /sys/bus/pci/devices/{bdf}/driver_override; {unbind}echo {bdf} > /sys/bus/pci/drivers_probe"
-            )
-        }),
-    ));
+    checks.push(match r.driver.known() {
+        Some(driver) => check(
+            "vfio_bound",
+            if vfio { Verdict::Pass } else { Verdict::Fail },
+            format!("driver: {driver}"),
+            Some(&bind_commands(address, driver)),
+        ),
+        None => check(
+            "vfio_bound",
+            Verdict::Unknown,
+            format!("driver: {}", r.driver.describe()),
+            Some("run as root, or check the device directory's permissions"),
+        ),
+    });
 
     let control = r.power_control.known().map(String::as_str);
     checks.push(check(
@@ -119,7 +119,7 @@ pub fn diagnose(
             Some(_) => Verdict::Fail,
             None => Verdict::Unknown,
         },
-        format!("power/control: {}", r.power_control.display()),
+        format!("power/control: {}", r.power_control.describe()),
         Some(&format!(
             "echo auto > /sys/bus/pci/devices/{bdf}/power/control"
         )),
@@ -133,26 +133,13 @@ pub fn diagnose(
             Some(false) => Verdict::Fail,
             None => Verdict::Unknown,
         },
-        format!("d3cold_allowed: {}", r.d3cold_allowed.display()),
+        format!("d3cold_allowed: {}", r.d3cold_allowed.describe()),
         Some(&format!(
             "echo 1 > /sys/bus/pci/devices/{bdf}/d3cold_allowed (if it reads back 0, the device has no PCI PM capability)"
         )),
     ));
 
-    let pr3 = match &r.power_resources_d3hot {
-        Field::Known(v) if !v.is_empty() => (Verdict::Pass, format!("_PR3: {}", v.join(", "))),
-        Field::Known(_) => (
-            Verdict::Fail,
-            "no power resources for D3hot (_PR3) in the device's ACPI node".into(),
-        ),
-        Field::Unknown { unknown } => (Verdict::Fail, format!("no _PR3: {unknown}")),
-    };
-    checks.push(check(
-        "firmware_power_resources",
-        pr3.0,
-        pr3.1,
-        Some("the platform firmware gives this slot no power resources: D3cold is impossible here, the kernel will use D3hot"),
-    ));
+    checks.push(power_resources_check(&r));
 
     let idle = sysfs.vfio_disable_idle_d3();
     checks.push(check(
@@ -162,7 +149,7 @@ pub fn diagnose(
             Some(true) => Verdict::Warn,
             None => Verdict::Unknown,
         },
-        format!("vfio_pci disable_idle_d3: {}", idle.display()),
+        format!("vfio_pci disable_idle_d3: {}", idle.describe()),
         Some("unused devices stay in D0 (low power still works while a VMM requests it); set vfio_pci.disable_idle_d3=0 unless the device fails to resume"),
     ));
 
@@ -190,9 +177,9 @@ pub fn diagnose(
                 format!(
                     "upstream bridge {}: power/control {}, {} {}",
                     b.address,
-                    b.power_control.display(),
-                    b.power_state.display(),
-                    b.runtime_status.display()
+                    b.power_control.describe(),
+                    b.power_state.describe(),
+                    b.runtime_status.describe()
                 ),
                 Some(&format!(
                     "echo auto > /sys/bus/pci/devices/{}/power/control",
@@ -238,6 +225,57 @@ pub fn diagnose(
         expected_idle_state,
         checks,
     })
+}
+
+/// The shell commands that bind `address` to vfio-pci: a device held by another driver must be
+/// unbound first, since `drivers_probe` does nothing for a bound device.
+pub fn bind_commands(address: PciAddress, driver: &str) -> String {
+    let unbind = match driver {
+        "none" | "vfio-pci" => String::new(),
+        d => format!("echo {address} > /sys/bus/pci/drivers/{d}/unbind; "),
+    };
+    format!(
+        "echo vfio-pci > /sys/bus/pci/devices/{address}/driver_override; {unbind}echo {address} > /sys/bus/pci/drivers_probe"
+    )
+}
+
+/// `_PR3` on the device's ACPI node or on an upstream bridge's.
+fn power_resources_check(r: &DeviceReport) -> Check {
+    let id = "firmware_power_resources";
+    match r.d3cold_power() {
+        D3coldPower::Own(v) => check(id, Verdict::Pass, format!("_PR3: {}", v.join(", ")), None),
+        D3coldPower::Upstream {
+            bridge,
+            resources,
+            power_control,
+        } => {
+            let can_suspend = power_control.known().map(String::as_str) == Some("auto");
+            check(
+                id,
+                if can_suspend { Verdict::Pass } else { Verdict::Fail },
+                format!(
+                    "no _PR3 of its own; upstream bridge {bridge} has _PR3 ({}): the kernel cuts the device's power by suspending {bridge} to D3cold (its power/control: {})",
+                    resources.join(", "),
+                    power_control.describe()
+                ),
+                Some(&format!(
+                    "echo auto > /sys/bus/pci/devices/{bridge}/power/control"
+                )),
+            )
+        }
+        D3coldPower::None(why) => check(
+            id,
+            Verdict::Fail,
+            why,
+            Some("the platform firmware gives this slot no power resources: D3cold is impossible here, the kernel will use D3hot"),
+        ),
+        D3coldPower::Unknown(why) => check(
+            id,
+            Verdict::Unknown,
+            format!("unknown: {why}"),
+            Some("run as root, or check the firmware_node links' permissions"),
+        ),
+    }
 }
 
 fn kernel_support_check(

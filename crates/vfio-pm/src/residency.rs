@@ -20,7 +20,7 @@
 //! caller picks, so tests feed it made-up times.
 
 use crate::power::{PowerObservation, PowerState, RuntimeStatus};
-use crate::sysfs::{DeviceReport, Field};
+use crate::sysfs::{D3coldPower, DeviceReport};
 use serde::{Serialize, Serializer};
 use std::time::Duration;
 
@@ -135,6 +135,14 @@ pub struct ResidencyTracker {
     transitions: u64,
     wakes: u64,
     missed_wakes: u64,
+    counter_jumps: u64,
+}
+
+/// How far the kernel counters may outgrow the wall clock between two samples before the
+/// growth is taken for a counter reset or a bad read: the reads of one sample are not
+/// instantaneous, so a little more than the elapsed time is normal.
+fn counter_slack(dt: Duration) -> Duration {
+    Duration::from_secs(1) + dt / 4
 }
 
 impl ResidencyTracker {
@@ -206,6 +214,12 @@ impl ResidencyTracker {
             *self.observed.bucket(&prev.observation.power_state) += dt;
             return;
         };
+        if active.saturating_add(suspended) > dt.saturating_add(counter_slack(dt)) {
+            // More counted time than passed: a reset or a bad read, not residency.
+            self.counter_jumps += 1;
+            *self.observed.bucket(&prev.observation.power_state) += dt;
+            return;
+        }
         if !live(active, suspended) {
             // The counters did not keep up with the clock (a captured tree, or a kernel that
             // updates them only at transitions): hold the state instead.
@@ -252,6 +266,12 @@ impl ResidencyTracker {
         self.missed_wakes
     }
 
+    /// Sample intervals over which the kernel counters grew by more than the time that passed
+    /// (a counter reset or a bad read); their time was attributed to the held state instead.
+    pub fn counter_jumps(&self) -> u64 {
+        self.counter_jumps
+    }
+
     /// Time attributed to each state between the first and the last sample.
     pub fn observed(&self) -> StateTimes {
         self.observed
@@ -294,6 +314,7 @@ impl ResidencyTracker {
             transitions: self.transitions,
             wakes: self.wakes,
             missed_wakes: self.missed_wakes,
+            counter_jumps: self.counter_jumps,
             last: last.map(|s| s.observation.clone()),
             kernel_active: last.and_then(|s| s.active_ms).map(Duration::from_millis),
             kernel_suspended: last.and_then(|s| s.suspended_ms).map(Duration::from_millis),
@@ -315,6 +336,8 @@ pub struct TrackerSummary {
     pub wakes: u64,
     /// Wakes no sample saw, proven from the counters (included in `wakes`).
     pub missed_wakes: u64,
+    /// Intervals where the kernel counters grew faster than the clock (reset or bad read).
+    pub counter_jumps: u64,
     /// The last state seen.
     pub last: Option<PowerObservation>,
     /// The kernel's runtime-active time since boot, at the last sample.
@@ -355,21 +378,49 @@ pub struct Residency {
     pub suspended_share: Option<f64>,
     /// How `d3` was split into `d3hot` and `d3cold`.
     pub d3_split: D3Split,
+    /// Why the counters were not used, when they count more time than has passed since boot
+    /// (a counter reset or a bad read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counter_error: Option<String>,
+}
+
+/// Time since this host booted (`/proc/uptime`), the bound of the since-boot counters.
+pub fn uptime() -> Option<Duration> {
+    let text = std::fs::read_to_string("/proc/uptime").ok()?;
+    let secs: f64 = text.split_whitespace().next()?.parse().ok()?;
+    Duration::try_from_secs_f64(secs).ok()
 }
 
 impl Residency {
-    /// Since-boot residency of the device `r` describes.
-    pub fn from_report(r: &DeviceReport) -> Self {
-        let d0 = r
+    /// Since-boot residency of the device `r` describes. Counters that add up to more than
+    /// `since_boot` (when given; see [`uptime`]) are a reset or a bad read: not used, and said
+    /// so in `counter_error`.
+    pub fn from_report(r: &DeviceReport, since_boot: Option<Duration>) -> Self {
+        let mut d0 = r
             .runtime_active_ms
             .known()
             .map(|ms| Duration::from_millis(*ms));
-        let d3 = r
+        let mut d3 = r
             .runtime_suspended_ms
             .known()
             .map(|ms| Duration::from_millis(*ms));
+        let counted = d0
+            .unwrap_or_default()
+            .saturating_add(d3.unwrap_or_default());
+        let counter_error = since_boot
+            .filter(|b| counted > b.saturating_add(counter_slack(Duration::ZERO)))
+            .map(|b| {
+                format!(
+                    "runtime_active_time + runtime_suspended_time = {} s, more than the {} s since boot: a counter reset or a bad read",
+                    counted.as_secs(),
+                    b.as_secs()
+                )
+            });
+        if counter_error.is_some() {
+            (d0, d3) = (None, None);
+        }
         let no_d3cold = r.d3cold_allowed.known() == Some(&false)
-            || matches!(&r.power_resources_d3hot, Field::Known(v) if v.is_empty());
+            || matches!(r.d3cold_power(), D3coldPower::None(_));
         let suspended_share = match (d0, d3) {
             (Some(a), Some(s)) if !(a + s).is_zero() => {
                 Some(s.as_secs_f64() / (a + s).as_secs_f64())
@@ -388,6 +439,7 @@ impl Residency {
             d3cold,
             suspended_share,
             d3_split,
+            counter_error,
         }
     }
 }
@@ -527,13 +579,52 @@ mod tests {
     }
 
     #[test]
+    fn counters_growing_faster_than_the_clock_are_a_jump_not_residency() {
+        let mut tr = ResidencyTracker::new();
+        tr.observe(t(0), &s("D0", "active", 1000, 0));
+        tr.observe(t(1000), &s("D0", "active", u64::MAX, 0));
+        tr.observe(t(2000), &s("D0", "active", u64::MAX, 0));
+        assert_eq!(tr.counter_jumps(), 1);
+        assert_eq!(tr.observed().d0, t(2000), "the clock, not the counter");
+        assert_eq!(tr.observed().total(), tr.watched());
+        // Ordinary lag between the clock and the reads is not a jump.
+        let mut ok = ResidencyTracker::new();
+        ok.observe(t(0), &s("D0", "active", 0, 0));
+        ok.observe(t(1000), &s("D0", "active", 1300, 0));
+        assert_eq!(ok.counter_jumps(), 0);
+        assert_eq!(ok.observed().d0, t(1300));
+        assert_eq!(
+            serde_json::to_value(tr.summary()).unwrap()["counter_jumps"],
+            1
+        );
+    }
+
+    #[test]
+    fn since_boot_counters_beyond_the_uptime_are_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let fake = crate::fake_sysfs::FakeSysfs::create(tmp.path()).unwrap();
+        let mut d = crate::fake_sysfs::FakeDevice::vfio("0000:00:05.0".parse().unwrap());
+        d.active_ms = u64::MAX;
+        fake.add(&d).unwrap();
+        let report = crate::Sysfs::new(tmp.path())
+            .device(d.address)
+            .unwrap()
+            .report();
+        let r = Residency::from_report(&report, Some(Duration::from_secs(3600)));
+        assert_eq!((r.d0, r.d3, r.suspended_share), (None, None, None));
+        let why = r.counter_error.unwrap();
+        assert!(why.contains("more than the 3600 s since boot"), "{why}");
+        assert!(uptime().is_some_and(|u| !u.is_zero()));
+    }
+
+    #[test]
     fn since_boot_split_is_only_made_when_d3cold_is_impossible() {
         let tmp = tempfile::tempdir().unwrap();
         let fake = crate::fake_sysfs::FakeSysfs::create(tmp.path()).unwrap();
         let mut d = crate::fake_sysfs::FakeDevice::vfio("0000:00:05.0".parse().unwrap());
         fake.add(&d).unwrap();
         let sysfs = crate::Sysfs::new(tmp.path());
-        let r = Residency::from_report(&sysfs.device(d.address).unwrap().report());
+        let r = Residency::from_report(&sysfs.device(d.address).unwrap().report(), None);
         assert_eq!(r.d0, Some(t(1000)));
         assert_eq!(r.d3, Some(t(9000)));
         assert_eq!(r.d3_split, D3Split::Unknown);
@@ -541,7 +632,7 @@ mod tests {
         assert_eq!(r.suspended_share, Some(0.9));
         d.power_resources = Some(vec![]);
         fake.add(&d).unwrap();
-        let r = Residency::from_report(&sysfs.device(d.address).unwrap().report());
+        let r = Residency::from_report(&sysfs.device(d.address).unwrap().report(), None);
         assert_eq!(r.d3_split, D3Split::InferredNoD3cold);
         assert_eq!((r.d3hot, r.d3cold), (Some(t(9000)), Some(Duration::ZERO)));
         let json = serde_json::to_value(&r).unwrap();

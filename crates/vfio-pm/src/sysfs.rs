@@ -50,6 +50,14 @@ impl<T: std::fmt::Display> Field<T> {
             Field::Unknown { .. } => "?".into(),
         }
     }
+
+    /// The value as text, or `unknown (why)`.
+    pub fn describe(&self) -> String {
+        match self {
+            Field::Known(v) => v.to_string(),
+            Field::Unknown { unknown } => format!("unknown ({unknown})"),
+        }
+    }
 }
 
 /// Errors of sysfs writes and of looking a device up.
@@ -196,6 +204,42 @@ pub struct DeviceReport {
     pub power_resources_d3hot: Field<Vec<String>>,
     /// The upstream bridge, when the device sits behind one.
     pub parent_bridge: Option<BridgeReport>,
+    /// The `_PR3` of every upstream bridge that has an ACPI node, nearest first. Suspending a
+    /// bridge with `_PR3` to D3cold cuts the power of everything below it: a laptop's dGPU
+    /// commonly gets its `_PR3` on its root port, not its own node.
+    pub upstream_power_resources: Vec<UpstreamPowerResources>,
+}
+
+/// An upstream bridge's D3hot power resources (`_PR3`) and whether it may runtime-suspend.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpstreamPowerResources {
+    /// Bridge address.
+    pub address: PciAddress,
+    /// Its `firmware_node/power_resources_D3hot`.
+    pub power_resources_d3hot: Field<Vec<String>>,
+    /// Its `power/control`.
+    pub power_control: Field<String>,
+}
+
+/// Which power resources can remove the device's main power (D3cold), from a [`DeviceReport`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum D3coldPower {
+    /// The device's own `_PR3`.
+    Own(Vec<String>),
+    /// No `_PR3` of its own, but an upstream bridge has one: suspending that bridge to D3cold
+    /// powers the device off too.
+    Upstream {
+        /// The nearest bridge with `_PR3`.
+        bridge: PciAddress,
+        /// Its `_PR3` resources.
+        resources: Vec<String>,
+        /// The bridge's `power/control` (`auto` lets it suspend).
+        power_control: Field<String>,
+    },
+    /// Neither the device nor any upstream bridge has `_PR3`: D3cold is impossible.
+    None(String),
+    /// Some node could not be read.
+    Unknown(String),
 }
 
 /// The upstream bridge's runtime-PM state (it must be able to suspend for D3cold below it).
@@ -216,7 +260,49 @@ impl DeviceReport {
     pub fn is_vfio(&self) -> bool {
         self.driver.known().is_some_and(|d| d == "vfio-pci")
     }
+
+    /// Where the power resources for D3cold are: the device's own ACPI node first, then its
+    /// upstream bridges nearest first (the kernel powers a device without `_PR3` off by
+    /// suspending a bridge that has one).
+    pub fn d3cold_power(&self) -> D3coldPower {
+        let no_node = |why: &str| why == NO_FIRMWARE_NODE;
+        let own = match &self.power_resources_d3hot {
+            Field::Known(v) if !v.is_empty() => return D3coldPower::Own(v.clone()),
+            Field::Known(_) => "no power resources for D3hot (_PR3) in the device's ACPI node",
+            Field::Unknown { unknown } if no_node(unknown) => "the device has no ACPI node",
+            Field::Unknown { unknown } => {
+                return D3coldPower::Unknown(format!("the device's _PR3: {unknown}"))
+            }
+        };
+        for up in &self.upstream_power_resources {
+            match &up.power_resources_d3hot {
+                Field::Known(v) if !v.is_empty() => {
+                    return D3coldPower::Upstream {
+                        bridge: up.address,
+                        resources: v.clone(),
+                        power_control: up.power_control.clone(),
+                    }
+                }
+                Field::Known(_) => {}
+                Field::Unknown { unknown } if no_node(unknown) => {}
+                Field::Unknown { unknown } => {
+                    return D3coldPower::Unknown(format!(
+                        "upstream bridge {}'s _PR3: {unknown}",
+                        up.address
+                    ))
+                }
+            }
+        }
+        let bridges = if self.upstream_power_resources.is_empty() {
+            ""
+        } else {
+            ", nor in any upstream bridge's"
+        };
+        D3coldPower::None(format!("{own}{bridges}"))
+    }
 }
+
+const NO_FIRMWARE_NODE: &str = "no ACPI firmware node";
 
 impl SysfsDevice {
     /// The device's address.
@@ -252,13 +338,16 @@ impl SysfsDevice {
         Some(target.file_name()?.to_string_lossy().into_owned())
     }
 
-    /// Bound driver name; `none` when unbound.
+    /// Bound driver name; `none` when unbound (no `driver` link in a readable directory).
     pub fn driver(&self) -> Field<String> {
         let p = self.dir.join("driver");
-        match self.link_name("driver") {
-            Some(name) => Field::Known(name),
-            None if p.symlink_metadata().is_err() => Field::Known("none".into()),
-            None => Field::unknown("driver is not a symlink"),
+        match p.symlink_metadata() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Field::Known("none".into()),
+            Err(e) => Field::unknown(format!("driver: {e}")),
+            Ok(_) => match self.link_name("driver") {
+                Some(name) => Field::Known(name),
+                None => Field::unknown("driver is not a symlink"),
+            },
         }
     }
 
@@ -324,7 +413,7 @@ impl SysfsDevice {
     /// Reads the whole config space file, as `lspci -xxx` does (wakes a device in D3cold).
     pub fn read_config(&self) -> Result<Vec<u8>, SysfsError> {
         let path = self.dir.join("config");
-        std::fs::read(&path).map_err(|source| SysfsError::Io { path, source })
+        read_bounded(&path).map_err(|source| SysfsError::Io { path, source })
     }
 
     fn resources(&self, rel: &str) -> Field<Vec<String>> {
@@ -339,21 +428,35 @@ impl SysfsDevice {
                 Field::Known(v)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if self.dir.join("firmware_node").exists() {
-                    Field::Known(Vec::new())
-                } else {
-                    Field::unknown("no ACPI firmware node")
+                let node = self.dir.join("firmware_node");
+                match std::fs::metadata(&node) {
+                    Ok(m) if m.is_dir() => Field::Known(Vec::new()),
+                    Ok(_) => Field::unknown("firmware_node is not a directory"),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        Field::unknown(NO_FIRMWARE_NODE)
+                    }
+                    Err(e) => Field::unknown(format!("firmware_node: {e}")),
                 }
             }
-            Err(e) => Field::unknown(e.to_string()),
+            Err(e) => Field::unknown(format!("firmware_node/{rel}: {e}")),
         }
     }
 
     /// The upstream PCI bridge, from the device's real sysfs path.
     pub fn parent_bridge(&self) -> Option<SysfsDevice> {
-        let real = std::fs::canonicalize(&self.dir).ok()?;
-        let parent: PciAddress = real.parent()?.file_name()?.to_str()?.parse().ok()?;
-        self.sysfs.device(parent).ok()
+        self.upstream_bridges().into_iter().next()
+    }
+
+    /// Every upstream PCI bridge, nearest first, from the device's real sysfs path.
+    pub fn upstream_bridges(&self) -> Vec<SysfsDevice> {
+        let Ok(real) = std::fs::canonicalize(&self.dir) else {
+            return Vec::new();
+        };
+        real.ancestors()
+            .skip(1)
+            .map_while(|p| p.file_name()?.to_str()?.parse::<PciAddress>().ok())
+            .filter_map(|a| self.sysfs.device(a).ok())
+            .collect()
     }
 
     /// Reads everything at once.
@@ -377,6 +480,18 @@ impl SysfsDevice {
             },
             power_resources_d0: self.resources("power_resources_D0"),
             power_resources_d3hot: self.resources("power_resources_D3hot"),
+            upstream_power_resources: self
+                .upstream_bridges()
+                .iter()
+                .map(|b| UpstreamPowerResources {
+                    address: b.address,
+                    power_resources_d3hot: b.resources("power_resources_D3hot"),
+                    power_control: b.text("power/control"),
+                })
+                .filter(|u| {
+                    !matches!(&u.power_resources_d3hot, Field::Unknown { unknown } if unknown == NO_FIRMWARE_NODE)
+                })
+                .collect(),
             parent_bridge: self.parent_bridge().map(|b| BridgeReport {
                 address: b.address,
                 power_control: b.text("power/control"),
@@ -387,8 +502,52 @@ impl SysfsDevice {
     }
 }
 
+/// Bytes read from one attribute at most: sysfs attributes are at most a page.
+pub const ATTRIBUTE_LIMIT: usize = 4096;
+
+/// Reads a sysfs attribute without blocking and with a size bound: only a regular file is read
+/// (a FIFO would block for ever, `/dev/zero` never ends), opened with `O_NONBLOCK`, and one
+/// larger than [`ATTRIBUTE_LIMIT`] is an error.
+fn read_bounded(p: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(p)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        let what = if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device node"
+        } else if kind.is_dir() {
+            "a directory"
+        } else {
+            "a socket or other special file"
+        };
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not a regular file ({what})"),
+        ));
+    }
+    let mut buf = Vec::new();
+    file.take(ATTRIBUTE_LIMIT as u64 + 1)
+        .read_to_end(&mut buf)?;
+    if buf.len() > ATTRIBUTE_LIMIT {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("larger than {ATTRIBUTE_LIMIT} bytes"),
+        ));
+    }
+    Ok(buf)
+}
+
 fn read_trimmed(p: &Path) -> io::Result<String> {
-    Ok(std::fs::read_to_string(p)?.trim().to_string())
+    let bytes = read_bounded(p)?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))?;
+    Ok(text.trim().to_string())
 }
 
 fn parse_bool(s: &str) -> Field<bool> {
