@@ -13,6 +13,8 @@
 //! - [`harness`]: the kernel × platform matrix and its summary.
 //! - [`trap`]: the host-side check of the trap bytes the guest's `_ON`/`_OFF` calls wrote.
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
+//! - [`rootport`]: the laptop topology (`_PR3` on the root port, not the endpoint), one boot
+//!   per kernel.
 
 pub mod apt;
 pub mod conformance;
@@ -22,6 +24,7 @@ pub mod guest;
 pub mod harness;
 pub mod kernels;
 pub mod qemu;
+pub mod rootport;
 pub mod ssdt;
 pub mod tour;
 pub mod trap;

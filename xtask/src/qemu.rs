@@ -179,9 +179,15 @@ fn take(v: &Arc<Mutex<Vec<u8>>>) -> String {
 
 /// Boots `spec` and waits for QEMU to exit, killing it at the timeout.
 pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
+    boot_with(spec, &[])
+}
+
+/// As [`boot`], with `extra` QEMU arguments after the harness's own (more devices, `-global`).
+pub fn boot_with(spec: &BootSpec, extra: &[String]) -> Result<BootOutcome> {
     let _ = std::fs::remove_file(&spec.trap_log);
     let start = Instant::now();
     let mut child = command(spec)
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
