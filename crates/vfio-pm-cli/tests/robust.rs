@@ -399,3 +399,56 @@ fn a_closed_pipe_during_watch_json_ends_it() {
     let out = child.wait_with_output().unwrap();
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
 }
+
+/// `vfio-pm aml` on the QEMU example configuration with `edit` applied: its stderr.
+fn aml_error(edit: impl Fn(String) -> String) -> String {
+    let example = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/qemu-e1000e.toml"
+    ))
+    .unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("vmm.toml");
+    std::fs::write(&path, edit(example)).unwrap();
+    let out = run({
+        let mut c = Command::new(env!("CARGO_BIN_EXE_vfio-pm"));
+        c.arg("aml").arg(&path).arg("--dsl");
+        c
+    });
+    assert_eq!(out.status.code(), Some(2), "accepted: {}", stdout(&out));
+    stderr(&out)
+}
+
+#[test]
+fn configuration_mistakes_are_named_plainly() {
+    for (window, address) in [
+        ("IOAPIC", "0xfec00000"),
+        ("HPET", "0xfed00000"),
+        ("local APIC", "0xfee00000"),
+    ] {
+        let err = aml_error(|t| {
+            t.replace("space = \"io\"", "space = \"mmio\"")
+                .replace("address = 0x440", &format!("address = {address}"))
+                .replace("width = 1", "width = 4")
+        });
+        assert!(err.contains(window), "{address}: {err}");
+    }
+    let err = aml_error(|t| t.replace("address = 0x440", "address = -1"));
+    assert!(
+        err.contains("-1 is out of range")
+            && !err.contains("0xffff_ffff")
+            && !err.contains("0xffffffffffffffff"),
+        "{err}"
+    );
+    let err = aml_error(|t| {
+        t.replace(
+            "acpi_path = '\\_SB.PCI0.S28'",
+            "acpi_path = '\\_SB.PCI0.RP01.S00'\nroot_port = '\\_SB.PCI0.RP01'\nroot_port_bdf = \"0000:01:00.0\"",
+        )
+        .replace("pci_address = \"0000:00:05.0\"", "pci_address = \"0000:01:00.0\"")
+    });
+    assert!(
+        err.contains("this device's own pci_address") && !err.contains("also used by"),
+        "{err}"
+    );
+}

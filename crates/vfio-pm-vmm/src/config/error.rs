@@ -2,6 +2,15 @@
 
 use super::{PathError, TrapSpace, WakeupMode};
 
+/// A configured number as written: negative values in decimal (`-1`, not `0xffffffffffffffff`).
+fn as_written(value: i64) -> String {
+    if value < 0 {
+        value.to_string()
+    } else {
+        format!("{value:#x}")
+    }
+}
+
 /// Why a configuration is refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,7 +66,7 @@ pub enum Problem {
     #[error(transparent)]
     BadPciAddress(#[from] vfio_pm::PciAddressError),
     /// A number outside its range.
-    #[error("{value:#x} is out of range ({min:#x}..={max:#x})")]
+    #[error("{} is out of range ({min:#x}..={max:#x})", as_written(*.value))]
     OutOfRange {
         /// The value given.
         value: i64,
@@ -183,6 +192,12 @@ pub enum Problem {
     /// The `pcie_pme` route on a device that advertises no PME support.
     #[error("wake route \"pcie_pme\" with pme_support = false: the guest never enables PME_En on a device whose PMC advertises no PME support, so no wake would reach it; set pme_support = true or choose another route")]
     PciePmeNeedsPmeSupport,
+    /// `root_port_bdf` is the device's own address.
+    #[error("{bdf} is this device's own pci_address: root_port_bdf is the address of the root port above it, e.g. \"0000:00:1c.0\"")]
+    RootPortIsTheDevice {
+        /// The address.
+        bdf: String,
+    },
     /// `root_port_bdf` without `root_port`.
     #[error("root_port_bdf is set but root_port is not: name the root port's ACPI path too")]
     UnusedRootPortBdf,

@@ -95,6 +95,26 @@ pub const RESERVED_IO_PORTS: &[(u16, u16, &str)] = &[
     (0x5658, 0x5658, "vmport"),
 ];
 
+/// Guest-physical windows of the x86 platform devices that an MMIO trap register must avoid:
+/// a write there would reach the IOAPIC, HPET or local APIC, not the VMM's trap.
+pub const RESERVED_MMIO: &[(u64, u64, &str)] = &[
+    (
+        0xfec0_0000,
+        0xfecf_ffff,
+        "inside the IOAPIC window 0xfec00000..=0xfecfffff",
+    ),
+    (
+        0xfed0_0000,
+        0xfed0_03ff,
+        "inside the HPET window 0xfed00000..=0xfed003ff",
+    ),
+    (
+        0xfee0_0000,
+        0xfeef_ffff,
+        "inside the local APIC / MSI window 0xfee00000..=0xfeefffff",
+    ),
+];
+
 /// SSDT header identifiers, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TableIds {

@@ -244,6 +244,13 @@ fn validate_trap(t: &TrapFile) -> Result<TrapRegister, ConfigError> {
             if address % u64::from(width) != 0 {
                 return Err(bad("not naturally aligned to the access width"));
             }
+            let end = address.saturating_add(u64::from(width) - 1);
+            if let Some(&(_, _, why)) = RESERVED_MMIO
+                .iter()
+                .find(|(first, last, _)| address <= *last && end >= *first)
+            {
+                return Err(bad(why));
+            }
             Ok(TrapRegister {
                 space: t.space,
                 address,
@@ -518,6 +525,14 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             }
         }
         if let Some(j) = devices.iter().position(|d| d.pci_address == bdf) {
+            if j == i {
+                return Err(invalid(
+                    f(i, "root_port_bdf"),
+                    Problem::RootPortIsTheDevice {
+                        bdf: bdf.to_string(),
+                    },
+                ));
+            }
             return Err(invalid(
                 f(i, "root_port_bdf"),
                 Problem::Duplicate {
