@@ -512,6 +512,16 @@ impl Demo {
             for i in 0..n {
                 self.lspci(i)?;
             }
+            if round == 1 {
+                self.push(Rec::Note(
+                    "plain-ENTRY devices bounce D3cold -> D0 -> D3cold with no guest \
+                     involvement: the kernel resumes them for the config read and, low power \
+                     still engaged and no eventfd to signal, suspends them straight back. \
+                     ENTRY_WITH_WAKEUP (the GPU) instead leaves low power and signals its \
+                     eventfd: that is the wake the VMM turns into a PME."
+                        .into(),
+                ));
+            }
             let busy = self.rng.ms(30, 180);
             self.phase(format!(
                 "round {round}: guest uses the woken GPU for {busy} ms, then it idles again"
@@ -653,8 +663,69 @@ fn run_scenario(devices: u8, seed: u64) -> Result<Output> {
 // Printing
 // ---------------------------------------------------------------------------------------------
 
+/// A timeline timestamp in seconds, to 100 µs (the toggle burst is 200 µs apart).
 fn t(ns: u64) -> String {
-    format!("{:.3}ms", ns as f64 / 1e6)
+    format!("{:.4}s", ns as f64 / 1e9)
+}
+
+/// A duration as the other commands print it (`3.2s`, `120ms`).
+fn human(ns: u64) -> String {
+    crate::table::human(std::time::Duration::from_nanos(ns))
+}
+
+/// Terminal width the text output fits.
+const WIDTH: usize = 80;
+
+/// Hanging indent of a wrapped timeline line: under the WHAT column.
+const TIMELINE_INDENT: usize = 24;
+
+/// Wraps every line longer than [`WIDTH`] at spaces, keeping the spacing of what stays on the
+/// first line. Continuation lines are indented under the WHAT column for timeline lines, else
+/// four more than the line's own indent.
+fn fit(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines() {
+        let timeline = line.split_whitespace().next().is_some_and(|w| {
+            w.strip_suffix('s')
+                .is_some_and(|n| n.parse::<f64>().is_ok())
+        });
+        let own = line.len() - line.trim_start().len();
+        let indent = " ".repeat(if timeline { TIMELINE_INDENT } else { own + 4 });
+        let mut rest = line;
+        let mut prefix = "";
+        loop {
+            let room = WIDTH - prefix.len();
+            if rest.chars().count() <= room {
+                out.push_str(prefix);
+                out.push_str(rest);
+                out.push('\n');
+                break;
+            }
+            // The last space that fits, past the line's own indent; else the first after it
+            // (a word longer than the room stays whole).
+            let spaces = || {
+                rest.char_indices()
+                    .filter(|&(i, c)| c == ' ' && !rest[..i].trim().is_empty())
+                    .map(|(i, _)| i)
+            };
+            let Some(cut) = spaces()
+                .take_while(|&i| i <= room)
+                .last()
+                .or_else(|| spaces().next())
+            else {
+                out.push_str(prefix);
+                out.push_str(rest);
+                out.push('\n');
+                break;
+            };
+            out.push_str(prefix);
+            out.push_str(rest[..cut].trim_end());
+            out.push('\n');
+            rest = rest[cut..].trim_start();
+            prefix = &indent;
+        }
+    }
+    out
 }
 
 fn call_name(call: HostCall) -> String {
@@ -797,33 +868,36 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
     w!(o);
     w!(
         o,
-        "{:<6} {:<13} {:<13} {:<10} {:<7} {:<18} {:<18} WAKE",
+        "{:<6} {:<13} {:<13} {:<10} {:<7} VARIANT",
         "DEVICE",
         "GUEST BDF",
         "HOST BDF",
         "ID",
         "CLASS",
-        "ACPI NODE",
-        "VARIANT"
     );
+    w!(o, "{:<6} ACPI NODE, WAKE: what it is", "");
     for (sp, v) in out.specs.iter().zip(&out.variants) {
         w!(
             o,
-            "{:<6} {:<13} {:<13} {:04x}:{:04x}  {:06x}  {:<18} {:<18} GPE {:#04x}  {}",
+            "{:<6} {:<13} {:<13} {:04x}:{:04x}  {:06x}  {v}",
             sp.name,
             sp.guest.to_string(),
             sp.host.to_string(),
             sp.vendor,
             sp.device,
             sp.class,
+        );
+        w!(
+            o,
+            "{:<6} {}, GPE {:#04x}: {}",
+            "",
             sp.acpi_path,
-            v,
             sp.gpe,
             sp.what
         );
     }
     w!(o);
-    w!(o, "{:>12}  {:<6} {:<6} WHAT", "TIME", "DEVICE", "KIND");
+    w!(o, "{:>8}  {:<6} {:<6} WHAT", "TIME", "DEVICE", "KIND");
     for (quiet, r) in &out.records {
         if *quiet {
             continue;
@@ -833,7 +907,7 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
             Rec::Note(text) => w!(o, "   {text}"),
             Rec::Guest { at_ns, dev, step } => w!(
                 o,
-                "{:>12}  {:<6} {:<6} {}",
+                "{:>8}  {:<6} {:<6} {}",
                 t(*at_ns),
                 dev_name(out, *dev),
                 "guest",
@@ -843,7 +917,7 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
                 if let Some((kind, text)) = event_text(&ev.event) {
                     w!(
                         o,
-                        "{:>12}  {:<6} {:<6} {text}",
+                        "{:>8}  {:<6} {:<6} {text}",
                         t(ev.at_ns),
                         dev_name(out, *dev),
                         kind
@@ -852,7 +926,7 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
             }
             Rec::HostAccess { at_ns, dev } => w!(
                 o,
-                "{:>12}  {:<6} {:<6} lspci: config read through sysfs",
+                "{:>8}  {:<6} {:<6} lspci: config read through sysfs",
                 t(*at_ns),
                 dev_name(out, *dev),
                 "host"
@@ -864,7 +938,7 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
                 to,
             } => w!(
                 o,
-                "{:>12}  {:<6} {:<6} power_state {} -> {}",
+                "{:>8}  {:<6} {:<6} power_state {} -> {}",
                 t(*at_ns),
                 dev_name(out, *dev),
                 "state",
@@ -877,18 +951,36 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
     w!(
         o,
         "Residency and counters (virtual time {}; engaged after reset: {})",
-        t(s.total_ns),
+        human(s.total_ns),
         s.engaged_after_reset
     );
     w!(
         o,
-        "{:<6} {:<13} {:<18} {:>12} {:>12} {:>12} {:>7} {:>5} {:>5} {:>4} {:>10} {:>8} {:>9}",
+        "{:<6} {:<13} {:<18} {:>7} {:>7} {:>7}",
         "DEVICE",
         "HOST BDF",
         "VARIANT",
         "D0",
-        "D3hot",
-        "D3cold",
+        "D3HOT",
+        "D3COLD"
+    );
+    for d in &s.devices {
+        w!(
+            o,
+            "{:<6} {:<13} {:<18} {:>7} {:>7} {:>7}",
+            d.device,
+            d.host_bdf,
+            d.variant,
+            human(d.d0_ns),
+            human(d.d3hot_ns),
+            human(d.d3cold_ns),
+        );
+    }
+    w!(o);
+    w!(
+        o,
+        "{:<6} {:>7} {:>5} {:>5} {:>4} {:>10} {:>8} {:>9}",
+        "DEVICE",
         "ENTRIES",
         "EXITS",
         "WAKES",
@@ -900,13 +992,8 @@ fn print_text(o: &mut String, out: &Output, devices: u8) {
     for d in &s.devices {
         w!(
             o,
-            "{:<6} {:<13} {:<18} {:>12} {:>12} {:>12} {:>7} {:>5} {:>5} {:>4} {:>10} {:>8} {:>9}",
+            "{:<6} {:>7} {:>5} {:>5} {:>4} {:>10} {:>8} {:>9}",
             d.device,
-            d.host_bdf,
-            d.variant,
-            t(d.d0_ns),
-            t(d.d3hot_ns),
-            t(d.d3cold_ns),
             d.entries,
             d.exits,
             d.host_wakes,
@@ -968,7 +1055,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         print_json(&mut text, &out)?;
     } else {
         let out = run_scenario(args.devices, args.seed)?;
-        print_text(&mut text, &out, args.devices);
+        let mut wide = String::new();
+        print_text(&mut wide, &out, args.devices);
+        text = fit(&wide);
     }
     match std::io::stdout().lock().write_all(text.as_bytes()) {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),

@@ -19,7 +19,34 @@ fn text(args: &[&str]) -> String {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    String::from_utf8(out.stdout).unwrap()
+    let raw = String::from_utf8(out.stdout).unwrap();
+    unwrap_lines(&raw)
+}
+
+fn indent(l: &str) -> usize {
+    l.len() - l.trim_start().len()
+}
+
+/// The output with the demo's 80-column wrapping undone: a line indented more than 3 columns
+/// deeper than the line it follows continues it.
+fn unwrap_lines(raw: &str) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut base = 0;
+    for l in raw.lines() {
+        match out.last_mut() {
+            Some(prev)
+                if !l.trim().is_empty() && !prev.trim().is_empty() && indent(l) > base + 3 =>
+            {
+                prev.push(' ');
+                prev.push_str(l.trim_start());
+            }
+            _ => {
+                base = indent(l);
+                out.push(l.to_string());
+            }
+        }
+    }
+    out.join("\n") + "\n"
 }
 
 /// Index of the first line at or after `from` containing every needle.
@@ -120,22 +147,42 @@ fn timeline_shows_the_chain_in_order() {
     assert!(gpu[12].parse::<u64>().unwrap() > 0);
 }
 
-/// The rows of the text summary table, split on whitespace.
+/// The rows of the text summary tables (residency, then counters), split on whitespace and
+/// joined by device: name, host BDF, variant, D0, D3hot, D3cold, then the counters.
 fn summary_rows(out: &str) -> Vec<Vec<String>> {
     let lines: Vec<&str> = out.lines().collect();
-    let head = lines
-        .iter()
-        .position(|l| l.starts_with("DEVICE HOST BDF") && l.contains("COALESCED"))
-        .expect("summary header");
-    lines[head + 1..]
-        .iter()
-        .take_while(|l| !l.trim().is_empty())
-        .map(|l| l.split_whitespace().map(str::to_string).collect())
+    let table = |pred: &dyn Fn(&str) -> bool| -> Vec<Vec<String>> {
+        let head = lines.iter().position(|l| pred(l)).expect("summary header");
+        lines[head + 1..]
+            .iter()
+            .take_while(|l| !l.trim().is_empty())
+            .map(|l| l.split_whitespace().map(str::to_string).collect())
+            .collect()
+    };
+    let residency = table(&|l| l.starts_with("DEVICE HOST BDF") && l.contains("D3COLD"));
+    let counters = table(&|l| l.starts_with("DEVICE ") && l.contains("COALESCED"));
+    assert_eq!(residency.len(), counters.len());
+    residency
+        .into_iter()
+        .zip(counters)
+        .map(|(mut r, c)| {
+            assert_eq!(r[0], c[0]);
+            r.extend(c.into_iter().skip(1));
+            r
+        })
         .collect()
 }
 
-fn ms(ns: &Value) -> String {
-    format!("{:.3}ms", ns.as_u64().unwrap() as f64 / 1e6)
+/// A duration of the summary as the CLI prints durations (`table::human`).
+fn human(ns: &Value) -> String {
+    let d = std::time::Duration::from_nanos(ns.as_u64().unwrap());
+    let ms = d.as_millis();
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=59_999 => format!("{:.1}s", d.as_secs_f64()),
+        60_000..=3_599_999 => format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60),
+        _ => format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60),
+    }
 }
 
 #[test]
@@ -164,9 +211,9 @@ fn json_lines_parse_and_agree_with_the_text_summary() {
         assert_eq!(row[0], name);
         assert_eq!(row[1], d["host_bdf"].as_str().unwrap());
         assert_eq!(row[2], d["variant"].as_str().unwrap());
-        assert_eq!(row[3], ms(&d["d0_ns"]), "{name} D0");
-        assert_eq!(row[4], ms(&d["d3hot_ns"]), "{name} D3hot");
-        assert_eq!(row[5], ms(&d["d3cold_ns"]), "{name} D3cold");
+        assert_eq!(row[3], human(&d["d0_ns"]), "{name} D0");
+        assert_eq!(row[4], human(&d["d3hot_ns"]), "{name} D3hot");
+        assert_eq!(row[5], human(&d["d3cold_ns"]), "{name} D3cold");
         for (col, key) in [
             (6, "entries"),
             (7, "exits"),
@@ -246,4 +293,22 @@ fn device_counts_and_config() {
         "{}",
         first.lines().nth(1).unwrap()
     );
+}
+
+#[test]
+fn text_fits_80_columns_with_the_cli_s_units() {
+    for devices in ["4", "16"] {
+        let out = demo(&["--devices", devices]);
+        let raw = String::from_utf8(out.stdout).unwrap();
+        let wide: Vec<&str> = raw.lines().filter(|l| l.chars().count() > 80).collect();
+        assert!(wide.is_empty(), "{devices} devices: {wide:#?}");
+        // Timestamps in seconds like the other commands, not "3192.200ms".
+        assert!(!raw.contains(".000ms") && !raw.contains(".200ms"), "{raw}");
+    }
+    let out = text(&[]);
+    let lspci = out.find("host runs `lspci -xxx`").unwrap();
+    let why = out[lspci..]
+        .find("plain-ENTRY devices bounce D3cold -> D0 -> D3cold with no guest involvement")
+        .expect("the bounce explained after the first lspci");
+    assert!(out[lspci + why..].contains("ENTRY_WITH_WAKEUP"));
 }
