@@ -343,9 +343,7 @@ pub fn run(series: &[KernelSeries], timeout: Duration) -> Result<Vec<RootPortRun
         let spec = BootSpec {
             kernel: k.vmlinuz.clone(),
             initrd,
-            // TCG on a loaded host can fail the kernel's IO-APIC timer check ("timer doesn't
-            // work through Interrupt-remapped IO-APIC"); the check proves nothing here.
-            append: "no_timer_check".into(),
+            append: String::new(),
             acpi_table: Some(ssdt.clone()),
             trap_port: 0x440,
             trap_log: dir.join("trap.log"),

@@ -17,7 +17,7 @@
 //! | `vfio_pm_device_observed_state_seconds_total` | counter | `state` | time attributed to D0/D3hot/D3cold by the sampler since the exporter started |
 //! | `vfio_pm_device_transitions_total` | counter | | state changes seen by the exporter |
 //! | `vfio_pm_device_wakes_total` | counter | | wakes (suspended → active) seen or proven from the counters |
-//! | `vfio_pm_device_counter_jumps_total` | counter | | intervals where the kernel counters outgrew the clock (reset or bad read) |
+//! | `vfio_pm_device_runtime_jumps_total` | counter | | intervals where the kernel counters outgrew the clock (reset or bad read) |
 //! | `vfio_pm_device_d3cold_reachable` | gauge | | 1 when the doctor says an idle device reaches D3cold |
 //! | `vfio_pm_scrape_errors_total` | counter | | sysfs reads that failed during scrapes |
 //! | `vfio_pm_build_info` | gauge | `version` | always 1 |
@@ -336,7 +336,7 @@ impl Collector for Snapshot {
         )?;
         counter(
             &mut enc,
-            "vfio_pm_device_counter_jumps",
+            "vfio_pm_device_runtime_jumps",
             "Sample intervals in which the kernel's runtime counters grew by more than the time that passed (a counter reset or a bad read); that time went to the sampled state instead.",
             None,
             devs.iter()

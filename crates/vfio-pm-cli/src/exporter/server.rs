@@ -268,6 +268,10 @@ pub fn serve(
                     Ok((stream, _)) => {
                         if lock(&table).make_room(&limits) {
                             spawn_connection(stream, &table, limits, &render);
+                            // Let the new connection read its request before the next accept:
+                            // a client that sends one at once is serving (not evictable)
+                            // before a flood of idle connects can push it out.
+                            tokio::task::yield_now().await;
                         }
                         // else: dropped, so closed: every connection is serving a request.
                     }
