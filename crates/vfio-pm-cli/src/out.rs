@@ -42,6 +42,22 @@ macro_rules! outln {
     ($($arg:tt)*) => { $crate::out::write(format_args!("{}\n", format_args!($($arg)*))) };
 }
 
+/// True when stdout is a pipe whose reader has gone away, found without writing: a quiet
+/// `watch | head -1` would otherwise only notice at its next line.
+pub fn stdout_closed() -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let stdout = std::io::stdout();
+    // POLLERR is reported without being asked for: on a pipe's write end, once the read end
+    // is closed.
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    poll(&mut fds, PollTimeout::ZERO).is_ok_and(|_| {
+        fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLERR))
+    })
+}
+
 /// True when `e` is only the reader having gone away.
 pub fn is_closed_stdout(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.is::<StdoutClosed>())

@@ -381,7 +381,7 @@ pub fn run(sysfs: &Sysfs, args: WatchArgs) -> Result<ExitCode> {
         w.emit(None, "idle", what, json!({}));
     }
     loop {
-        if w.closed.get() {
+        if w.closed.get() || crate::out::stdout_closed() {
             return Ok(ExitCode::SUCCESS);
         }
         if args.count.is_some_and(|n| w.changes >= n) {
