@@ -325,8 +325,14 @@ pub fn run(series: &[KernelSeries], timeout: Duration) -> Result<Vec<RootPortRun
         .iter()
         .map(|s| kernels::ensure(*s))
         .collect::<Result<_>>()?;
-    let binaries = crate::guest::build(&[crate::guest::CLI])?;
-    let cli = &binaries[0].1;
+    // The same package set as the main harness builds: cargo's feature unification then gives
+    // the same artifacts, so neither run rebuilds the other's.
+    let binaries = crate::guest::build(&[crate::guest::GUEST, crate::guest::CLI])?;
+    let cli = &binaries
+        .iter()
+        .find(|(name, _)| name == crate::guest::CLI.bin)
+        .context("the static vfio-pm was not built")?
+        .1;
     let work = crate::qemu_dir().join("work");
     std::fs::create_dir_all(&work)?;
     let config = VmmConfig::from_toml_str(CONFIG_TOML)
