@@ -155,12 +155,17 @@ impl FakeSysfs {
     }
 
     /// Removes a device (hot-unplug).
+    ///
+    /// The bus link goes first, so that a reader sees the device vanish at once rather than a
+    /// half-deleted directory (whose missing `driver` link would read as "unbound").
     pub fn remove(&self, address: PciAddress) -> io::Result<()> {
         let link = self.root.join("bus/pci/devices").join(address.to_string());
-        if let Ok(real) = std::fs::canonicalize(&link) {
-            std::fs::remove_dir_all(real)?;
+        let real = std::fs::canonicalize(&link);
+        std::fs::remove_file(&link)?;
+        match real {
+            Ok(real) => std::fs::remove_dir_all(real),
+            Err(_) => Ok(()),
         }
-        std::fs::remove_file(link)
     }
 }
 
