@@ -23,7 +23,9 @@ fn power_resources_on_the_root_port_give_the_endpoint_d3cold() {
         return;
     }
     let start = Instant::now();
-    let runs = match xtask::rootport::run(&KernelSeries::ALL, Duration::from_secs(120)) {
+    // Debian 12's kernels (the laptop case needs no newer one; keeps CI's added time to two boots).
+    let series = [KernelSeries::V6_1, KernelSeries::V6_12];
+    let runs = match xtask::rootport::run(&series, Duration::from_secs(120)) {
         Ok(r) => r,
         Err(e) => panic!(
             "the root-port QEMU case could not run: {e:#}\n(needs root, apt-get, \
@@ -35,6 +37,6 @@ fn power_resources_on_the_root_port_give_the_endpoint_d3cold() {
         "root-port topology:\n{text}(total {:.1?})",
         start.elapsed()
     ));
-    assert_eq!(runs.len(), KernelSeries::ALL.len());
+    assert_eq!(runs.len(), series.len());
     assert!(runs.iter().all(|r| r.passed()), "{text}");
 }
