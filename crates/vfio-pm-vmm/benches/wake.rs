@@ -1,0 +1,238 @@
+//! Wake path latency: host wake signalled → guest notification readable, per wake, with 1,
+//! 64, 1024 and 4096 devices on one controller thread, wakes landing on random devices.
+//!
+//! - floor: a bare eventfd ping-pong between two threads (thread A writes, thread B blocked in
+//!   `read` writes back, A blocked in `read` wakes): the least any cross-thread forwarder costs.
+//! - sim floor: the same with the simulated host's wake as the signal (A calls
+//!   `host_config_read` on a suspended, armed device; B is a bare forwarder reading the wakeup
+//!   eventfd and writing the "irqfd"). The controller's figure includes the same host work.
+//! - controller: `Controller::run` on its own thread over every device, its notifier writing
+//!   the irqfd; A calls `host_config_read` on a random armed device and blocks on the irqfd.
+//!   Between samples (untimed) the guest's `_ON`/`_OFF` re-arms the woken device.
+//!
+//! Run: `cargo bench -p vfio-pm-vmm --bench wake`.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Instant;
+use support::{addr, iters, ns_since, ratio, us, Rng, Summary};
+use vfio_pm::{LowPower, PowerDevice};
+use vfio_pm_sim::{DeviceConfig, Platform, SimHost};
+use vfio_pm_vmm::controller::{
+    Controller, ControllerConfig, DeviceSettings, Event, EventSink, HostPower, MonotonicClock,
+    TimedEvent,
+};
+use vfio_pm_vmm::pme::{Delivery, GuestNotifier, NotifyError, WakeRoute};
+use vfio_pm_vmm::{GuestRequest, Slot};
+use vmm_sys_util::eventfd::EventFd;
+
+/// The VMM's notifier: writes the guest's interrupt eventfd.
+struct IrqfdNotifier(EventFd);
+
+impl GuestNotifier for IrqfdNotifier {
+    fn notify(&self, _route: WakeRoute) -> Result<Delivery, NotifyError> {
+        self.0.write(1).map_err(NotifyError::Irqfd)?;
+        Ok(Delivery::Interrupt)
+    }
+}
+
+/// Tells the bench thread that a device is armed again (untimed re-arm).
+struct ArmedSignal(EventFd);
+
+impl EventSink for ArmedSignal {
+    fn record(&mut self, ev: &TimedEvent) {
+        if let Event::Power {
+            to: HostPower::Armed,
+            ..
+        } = ev.event
+        {
+            let _ = self.0.write(1);
+        }
+    }
+}
+
+fn blocking_eventfd() -> EventFd {
+    EventFd::new(0).unwrap()
+}
+
+/// Two threads, two blocking eventfds.
+fn floor(samples: usize) -> Summary {
+    let ping = blocking_eventfd();
+    let pong = blocking_eventfd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, q, s) = (
+        ping.try_clone().unwrap(),
+        pong.try_clone().unwrap(),
+        stop.clone(),
+    );
+    let echo = thread::spawn(move || loop {
+        p.read().unwrap();
+        if s.load(Ordering::Acquire) {
+            return;
+        }
+        q.write(1).unwrap();
+    });
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let t = Instant::now();
+        ping.write(1).unwrap();
+        pong.read().unwrap();
+        out.push(ns_since(t));
+    }
+    stop.store(true, Ordering::Release);
+    ping.write(1).unwrap();
+    echo.join().unwrap();
+    Summary::of(out)
+}
+
+/// The simulated host's wake as the signal (a random one of `n` devices, armed with a plain
+/// eventfd each time), a bare forwarder on the other thread.
+fn sim_floor(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
+    let host = sim_host(n);
+    let devs: Vec<_> = (0..n).map(|i| host.open(addr(i)).unwrap()).collect();
+    let wake = blocking_eventfd();
+    let irq = blocking_eventfd();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (w, i, s) = (
+        wake.try_clone().unwrap(),
+        irq.try_clone().unwrap(),
+        stop.clone(),
+    );
+    let forwarder = thread::spawn(move || loop {
+        w.read().unwrap();
+        if s.load(Ordering::Acquire) {
+            return;
+        }
+        i.write(1).unwrap();
+    });
+    let mut out = Vec::with_capacity(samples);
+    let mut calls = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let d = rng.below(n);
+        devs[d].enter_low_power_with_wakeup(&wake).unwrap();
+        host.run_pending();
+        host.take_events();
+        let t = Instant::now();
+        host.host_config_read(addr(d)).unwrap();
+        calls.push(ns_since(t));
+        irq.read().unwrap();
+        out.push(ns_since(t));
+    }
+    stop.store(true, Ordering::Release);
+    wake.write(1).unwrap();
+    forwarder.join().unwrap();
+    (Summary::of(out), Summary::of(calls))
+}
+
+fn sim_host(n: usize) -> SimHost {
+    let mut b = SimHost::builder().platform(Platform::D3cold);
+    for i in 0..n {
+        b = b.device(DeviceConfig::new(addr(i)));
+    }
+    b.build().unwrap()
+}
+
+/// The controller on its own thread over `n` armed devices.
+fn controller(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
+    let host = sim_host(n);
+    let irq = blocking_eventfd();
+    let armed = blocking_eventfd();
+    let mut ctl = Controller::new(
+        ControllerConfig::default(),
+        Box::new(IrqfdNotifier(irq.try_clone().unwrap())),
+        Box::new(MonotonicClock::new()),
+        Box::new(ArmedSignal(armed.try_clone().unwrap())),
+    )
+    .unwrap();
+    let mut settings =
+        DeviceSettings::new(0x10de, None, 0x030000, Some(WakeRoute::Ged { event: 0 }));
+    settings.min_residency = std::time::Duration::ZERO;
+    let slots: Vec<Slot> = (0..n)
+        .map(|i| {
+            let dev: Box<dyn PowerDevice> = Box::new(host.open(addr(i)).unwrap());
+            ctl.add_device(dev, settings).unwrap()
+        })
+        .collect();
+    for &s in &slots {
+        ctl.power_off(s).unwrap();
+    }
+    assert_eq!(armed.read().unwrap(), n as u64);
+    host.run_pending();
+    let handle = ctl.handle();
+    let runner = thread::spawn(move || ctl.run().map(|_| ctl));
+    let mut out = Vec::with_capacity(samples);
+    let mut calls = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        let i = rng.below(n);
+        let t = Instant::now();
+        host.host_config_read(addr(i)).unwrap();
+        calls.push(ns_since(t));
+        assert_eq!(irq.read().unwrap(), 1, "one notification per wake");
+        out.push(ns_since(t));
+        // Untimed: the guest resumes the device and idles it again.
+        handle.submit(GuestRequest::power_on(slots[i])).unwrap();
+        handle.submit(GuestRequest::power_off(slots[i])).unwrap();
+        armed.read().unwrap();
+        host.run_pending();
+        host.take_events();
+    }
+    handle.stop().unwrap();
+    let ctl = runner.join().unwrap().unwrap();
+    let delivered: u64 = slots
+        .iter()
+        .map(|&s| ctl.stats(s).unwrap().pme_delivered)
+        .sum();
+    assert_eq!(delivered, samples as u64);
+    (Summary::of(out), Summary::of(calls))
+}
+
+fn row(name: &str, s: Summary, floor: Summary, sim: Option<Summary>, call: Option<Summary>) {
+    let vs_sim = sim.map_or(" | ".into(), |f| {
+        format!("{:.2} | {:.2}", ratio(s.p50, f.p50), ratio(s.p99, f.p99))
+    });
+    println!(
+        "| {name} | {} | {} | {} | {:.2} | {:.2} | {vs_sim} | {} |",
+        us(s.p50),
+        us(s.p99),
+        us(s.max),
+        ratio(s.p50, floor.p50),
+        ratio(s.p99, floor.p99),
+        call.map_or(String::new(), |c| us(c.p50)),
+    );
+}
+
+fn main() {
+    let samples = iters(4000, 20);
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    println!(
+        "wake path, host signal -> guest notification readable; {samples} samples each; loadavg {}",
+        support::loadavg()
+    );
+    println!("| path | p50 µs | p99 µs | max µs | p50 / floor | p99 / floor | p50 / sim floor | p99 / sim floor | host call p50 µs |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let f = floor(samples);
+    row("floor: eventfd ping-pong", f, f, None, None);
+    for n in [1usize, 64, 1024, 4096] {
+        let (sf, sf_call) = sim_floor(n, samples, &mut rng);
+        row(
+            &format!("sim floor, {n} devices"),
+            sf,
+            f,
+            None,
+            Some(sf_call),
+        );
+        let (c, c_call) = controller(n, samples, &mut rng);
+        row(
+            &format!("controller, {n} devices"),
+            c,
+            f,
+            Some(sf),
+            Some(c_call),
+        );
+    }
+    let f2 = floor(samples);
+    row("floor again (after)", f2, f, None, None);
+}
