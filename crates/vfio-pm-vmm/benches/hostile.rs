@@ -129,6 +129,8 @@ fn main() {
     }
     println!("| host saw: engaged / disengaged transitions | {host_entries} / {host_exits} (bound {} each) |", 2 * bound);
     assert!(host_entries <= 2 * bound);
+    let slow = trap_ns.iter().filter(|&&ns| ns > 100_000).count();
+    println!("| trap writes over 100 µs | {slow} |");
     let t = Summary::of(trap_ns);
     println!(
         "| trap write p50 / p99 / max | {} / {} / {} µs |",
