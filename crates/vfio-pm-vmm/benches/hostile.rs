@@ -44,12 +44,8 @@ fn config() -> VmmConfig {
     VmmConfig::validate(&ConfigFile::new(TrapFile::io(0x440), vec![gpu, nic])).unwrap()
 }
 
-fn main() {
-    let run = if support::full_run() {
-        Duration::from_secs(10)
-    } else {
-        Duration::from_millis(200)
-    };
+/// A simulated host with the two configured devices and the manager over it.
+fn rig() -> (SimHost, VmmPowerManager, RecordingNotifier) {
     let host = SimHost::builder()
         .platform(Platform::D3cold)
         .device(DeviceConfig::new(addr(0)))
@@ -60,10 +56,26 @@ fn main() {
         .map(|i| Box::new(host.open(addr(i)).unwrap()) as Box<dyn PowerDevice>)
         .collect();
     let notes = RecordingNotifier::new();
-    let mut vpm = VmmPowerManager::builder(config())
+    let vpm = VmmPowerManager::builder(config())
         .notifier(notes.clone())
         .build(devs)
         .unwrap();
+    (host, vpm, notes)
+}
+
+/// What the flood measured.
+#[derive(Default)]
+struct Flood {
+    trap_ns: Vec<u64>,
+    loop_ns: Vec<u64>,
+    host_entries: u64,
+    host_exits: u64,
+    elapsed: Duration,
+}
+
+/// The guest's `_OFF`/`_ON` of both devices, round robin, for `run`; the VMM's event loop and
+/// the host's suspends every 64 writes.
+fn flood(host: &SimHost, vpm: &mut VmmPowerManager, run: Duration) -> Flood {
     let c = vpm.config();
     let port = c.trap().address;
     let space = c.trap().space;
@@ -73,47 +85,55 @@ fn main() {
                 .map(|a| trap_bytes(c.trap(), &c.devices()[i], a))
         })
         .collect();
-    let mut trap_ns = Vec::new();
-    let mut loop_ns = Vec::new();
-    let (mut host_entries, mut host_exits) = (0u64, 0u64);
+    let mut f = Flood::default();
     let start = Instant::now();
     let mut k = 0usize;
     while start.elapsed() < run {
         let t = Instant::now();
         vpm.on_trap_write(space, port, &writes[k % writes.len()])
             .unwrap();
-        trap_ns.push(ns_since(t));
+        f.trap_ns.push(ns_since(t));
         k += 1;
         if k % 64 == 0 {
-            // The VMM's event loop turn and the host kernel's asynchronous suspends.
             let t = Instant::now();
             vpm.poll_pending().unwrap();
-            loop_ns.push(ns_since(t));
+            f.loop_ns.push(ns_since(t));
             host.run_pending();
             for e in host.take_events() {
                 if let SimEvent::Engaged { engaged, .. } = e {
                     if engaged {
-                        host_entries += 1;
+                        f.host_entries += 1;
                     } else {
-                        host_exits += 1;
+                        f.host_exits += 1;
                     }
                 }
             }
         }
     }
-    let elapsed = start.elapsed();
-    let bound = (elapsed.as_nanos() / DEFAULT_MIN_RESIDENCY.as_nanos()) as u64 + 1;
+    f.elapsed = start.elapsed();
+    f
+}
+
+fn main() {
+    let run = if support::full_run() {
+        Duration::from_secs(10)
+    } else {
+        Duration::from_millis(200)
+    };
+    let (host, mut vpm, notes) = rig();
+    let f = flood(&host, &mut vpm, run);
+    let bound = (f.elapsed.as_nanos() / DEFAULT_MIN_RESIDENCY.as_nanos()) as u64 + 1;
     println!(
         "hostile guest, {:.1} s, 2 devices, min_residency {} ms; loadavg {}",
-        elapsed.as_secs_f64(),
+        f.elapsed.as_secs_f64(),
         DEFAULT_MIN_RESIDENCY.as_millis(),
         support::loadavg()
     );
     println!("| figure | value |\n|---|---|");
     println!(
         "| trap writes | {} ({:.0}/s) |",
-        trap_ns.len(),
-        trap_ns.len() as f64 / elapsed.as_secs_f64()
+        f.trap_ns.len(),
+        f.trap_ns.len() as f64 / f.elapsed.as_secs_f64()
     );
     for i in 0..2 {
         let s = vpm.stats(Slot(i)).unwrap();
@@ -127,18 +147,23 @@ fn main() {
             s.entries
         );
     }
-    println!("| host saw: engaged / disengaged transitions | {host_entries} / {host_exits} (bound {} each) |", 2 * bound);
-    assert!(host_entries <= 2 * bound);
-    let slow = trap_ns.iter().filter(|&&ns| ns > 100_000).count();
+    println!(
+        "| host saw: engaged / disengaged transitions | {} / {} (bound {} each) |",
+        f.host_entries,
+        f.host_exits,
+        2 * bound
+    );
+    assert!(f.host_entries <= 2 * bound);
+    let slow = f.trap_ns.iter().filter(|&&ns| ns > 100_000).count();
     println!("| trap writes over 100 µs | {slow} |");
-    let t = Summary::of(trap_ns);
+    let t = Summary::of(f.trap_ns);
     println!(
         "| trap write p50 / p99 / max | {} / {} / {} µs |",
         us(t.p50),
         us(t.p99),
         us(t.max)
     );
-    let l = Summary::of(loop_ns);
+    let l = Summary::of(f.loop_ns);
     println!(
         "| event loop turn p50 / p99 / max | {} / {} / {} µs |",
         us(l.p50),

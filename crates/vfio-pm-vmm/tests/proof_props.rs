@@ -116,43 +116,50 @@ fn slot(i: usize) -> Slot {
     Slot(i as u32)
 }
 
+/// Guest `_ON`/`_OFF` of device `i`, through the trap register or the mailbox.
+fn guest_request(r: &mut Rig, m: &mut Model, i: usize, on: bool, mailbox: bool) {
+    let action = if on {
+        PowerAction::PowerOn
+    } else {
+        PowerAction::PowerOff
+    };
+    // A host failure is a typed error and in the events; the properties check the state it
+    // leaves.
+    let _ = if mailbox {
+        r.mailbox_request(i, action)
+    } else {
+        r.trap(i, action)
+    };
+    m.guest_on[i] = on;
+    if on {
+        // Absorbed: the guest is turning the device on anyway.
+        m.pending_wake[i] = false;
+    }
+}
+
+/// Guest write of device `i`'s PMCSR: PowerState D0/D3hot kept, PME_Status write-1-to-clear.
+fn pmcsr_write(r: &mut Rig, m: &mut Model, i: usize, v: u16) {
+    r.vpm
+        .on_pm_config_write(slot(i), PMCSR_OFFSET, 2, u32::from(v))
+        .unwrap();
+    let ps = v & PMCSR_POWER_STATE;
+    if ps == 0 || ps == 3 {
+        m.power_state[i] = ps;
+    }
+    if v & PMCSR_PME_STATUS != 0 {
+        m.pme_status[i] = false;
+    }
+}
+
 fn apply(r: &mut Rig, m: &mut Model, op: &Op, totals: &mut Totals) {
     let armed_before: Vec<bool> = (0..DEVICES)
         .map(|i| r.vpm.power(slot(i)) == Some(HostPower::Armed))
         .collect();
     r.host.take_events();
     match *op {
-        Op::Trap(i, on) | Op::Mailbox(i, on) => {
-            let action = if on {
-                PowerAction::PowerOn
-            } else {
-                PowerAction::PowerOff
-            };
-            // A host failure is a typed error and in the events; the properties check the
-            // state it leaves.
-            let _ = if matches!(op, Op::Trap(..)) {
-                r.trap(i, action)
-            } else {
-                r.mailbox_request(i, action)
-            };
-            m.guest_on[i] = on;
-            if on {
-                // Absorbed: the guest is turning the device on anyway.
-                m.pending_wake[i] = false;
-            }
-        }
-        Op::Pmcsr(i, v) => {
-            r.vpm
-                .on_pm_config_write(slot(i), PMCSR_OFFSET, 2, u32::from(v))
-                .unwrap();
-            let ps = v & PMCSR_POWER_STATE;
-            if ps == 0 || ps == 3 {
-                m.power_state[i] = ps;
-            }
-            if v & PMCSR_PME_STATUS != 0 {
-                m.pme_status[i] = false;
-            }
-        }
+        Op::Trap(i, on) => guest_request(r, m, i, on, false),
+        Op::Mailbox(i, on) => guest_request(r, m, i, on, true),
+        Op::Pmcsr(i, v) => pmcsr_write(r, m, i, v),
         Op::HostConfigRead(i) => {
             r.host.host_config_read(host_addr(i)).unwrap();
         }
@@ -203,6 +210,45 @@ fn apply(r: &mut Rig, m: &mut Model, op: &Op, totals: &mut Totals) {
     }
 }
 
+/// The controller's view of a device's host power matches the simulated device (a woken device
+/// the controller has not heard of yet is still `Armed` to it).
+fn host_agrees(
+    power: HostPower,
+    snap: &vfio_pm_sim::DeviceSnapshot,
+    pending_wake: bool,
+    step: usize,
+    i: usize,
+) -> Result<(), TestCaseError> {
+    match power {
+        HostPower::Active | HostPower::WokenByHost | HostPower::D3HotFallback => {
+            prop_assert!(
+                !snap.engaged,
+                "step {}: {} {:?} but {:?}",
+                step,
+                i,
+                power,
+                snap
+            )
+        }
+        HostPower::LowPower => prop_assert!(
+            snap.engaged && !snap.wakeup_armed,
+            "step {}: {} LowPower but {:?}",
+            step,
+            i,
+            snap
+        ),
+        HostPower::Armed => prop_assert!(
+            pending_wake || (snap.engaged && snap.wakeup_armed),
+            "step {}: {} Armed but {:?}",
+            step,
+            i,
+            snap
+        ),
+        HostPower::Failed => {}
+    }
+    Ok(())
+}
+
 fn check(r: &Rig, m: &Model, step: usize) -> Result<(), TestCaseError> {
     for i in 0..DEVICES {
         let s = slot(i);
@@ -224,33 +270,7 @@ fn check(r: &Rig, m: &Model, step: usize) -> Result<(), TestCaseError> {
             step,
             host_errors
         );
-        match power {
-            HostPower::Active | HostPower::WokenByHost | HostPower::D3HotFallback => {
-                prop_assert!(
-                    !snap.engaged,
-                    "step {}: {} {:?} but {:?}",
-                    step,
-                    i,
-                    power,
-                    snap
-                )
-            }
-            HostPower::LowPower => prop_assert!(
-                snap.engaged && !snap.wakeup_armed,
-                "step {}: {} LowPower but {:?}",
-                step,
-                i,
-                snap
-            ),
-            HostPower::Armed => prop_assert!(
-                m.pending_wake[i] || (snap.engaged && snap.wakeup_armed),
-                "step {}: {} Armed but {:?}",
-                step,
-                i,
-                snap
-            ),
-            HostPower::Failed => {}
-        }
+        host_agrees(power, &snap, m.pending_wake[i], step, i)?;
         if power != HostPower::Failed {
             prop_assert_eq!(
                 r.vpm.controller().guest_on(s),
