@@ -1,0 +1,115 @@
+//! Replays the kept fuzz inputs through the targets' checks under plain `cargo test` (stable, no
+//! sanitizer, no libFuzzer): the minimized corpus (`fuzz/corpus/<target>/`) and every crash
+//! reproducer (`fuzz/artifacts/<target>/`), so a fixed bug stays fixed and the invariants hold
+//! for every input the fuzzer ever found interesting.
+
+use cap::Cap;
+use std::alloc::System;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::PathBuf;
+use vfio_pm_fuzz::{artifacts_dir, corpus_dir, inputs_in, target, TARGETS};
+
+/// The same allocation limit as the fuzz targets: an input that allocates without bound aborts
+/// this test too.
+#[global_allocator]
+static ALLOCATOR: Cap<System> = Cap::new(System, vfio_pm_fuzz::MEMORY_LIMIT);
+
+/// Every corpus file and reproducer of `name` passes its check; the corpus is not empty.
+fn replay(name: &str) {
+    let t = target(name).unwrap_or_else(|| panic!("no target {name}"));
+    let corpus = inputs_in(&corpus_dir(name)).expect("reading the corpus");
+    let artifacts = inputs_in(&artifacts_dir(name)).expect("reading the reproducers");
+    assert!(
+        !corpus.is_empty(),
+        "{name}: empty corpus {}: seed it (docs/fuzzing.md)",
+        corpus_dir(name).display()
+    );
+    let mut failures: Vec<String> = Vec::new();
+    for path in corpus.iter().chain(&artifacts) {
+        let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        if data.len() > t.max_len {
+            failures.push(format!(
+                "{}: {} bytes, above the target's max_len {}",
+                path.display(),
+                data.len(),
+                t.max_len
+            ));
+            continue;
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (t.check)(&data))) {
+            let msg = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            failures.push(format!("{}: {msg}", path.display()));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} inputs fail:\n{}",
+        failures.len(),
+        corpus.len() + artifacts.len(),
+        failures.join("\n")
+    );
+    println!(
+        "{name}: {} corpus inputs and {} reproducers replayed",
+        corpus.len(),
+        artifacts.len()
+    );
+}
+
+#[test]
+fn trap_corpus_and_reproducers() {
+    replay("trap");
+}
+
+#[test]
+fn pm_config_corpus_and_reproducers() {
+    replay("pm_config");
+}
+
+#[test]
+fn config_aml_corpus_and_reproducers() {
+    replay("config_aml");
+}
+
+#[test]
+fn scenario_corpus_and_reproducers() {
+    replay("scenario");
+}
+
+#[test]
+fn sysfs_corpus_and_reproducers() {
+    replay("sysfs");
+}
+
+/// The target list, the `cargo fuzz` entry points and the corpus directories agree, and the
+/// kept corpus stays small (the repository stays lean: minimize with `cargo xtask fuzz --merge`).
+#[test]
+fn every_target_has_an_entry_point_and_a_small_corpus() {
+    let dir = vfio_pm_fuzz::fuzz_dir();
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
+    let mut total = 0u64;
+    for t in TARGETS {
+        let entry: PathBuf = dir.join("fuzz_targets").join(format!("{}.rs", t.name));
+        let source = std::fs::read_to_string(&entry)
+            .unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+        assert!(
+            source.contains(&format!("vfio_pm_fuzz::{}::check", t.name)),
+            "{} does not call its check",
+            entry.display()
+        );
+        assert!(
+            manifest.contains(&format!("name = \"{}\"", t.name)),
+            "no [[bin]] {} in fuzz/Cargo.toml",
+            t.name
+        );
+        for path in inputs_in(&corpus_dir(t.name)).unwrap() {
+            total += std::fs::metadata(&path).unwrap().len();
+        }
+    }
+    let fuzz_targets: Vec<_> = inputs_in(&dir.join("fuzz_targets")).unwrap();
+    assert_eq!(fuzz_targets.len(), TARGETS.len(), "{fuzz_targets:?}");
+    assert!(total <= 1 << 20, "the kept corpus is {total} bytes; keep it under 1 MiB");
+}
