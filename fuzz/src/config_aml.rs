@@ -30,7 +30,11 @@ pub fn check(data: &[u8]) {
     round_trips(text, &config);
     let table = aml::build_ssdt(&config);
     check_header(&config, &table);
-    assert_eq!(table, aml::build_ssdt(&config), "the SSDT is not deterministic");
+    assert_eq!(
+        table,
+        aml::build_ssdt(&config),
+        "the SSDT is not deterministic"
+    );
     let objects = walk(&table[36..]).unwrap_or_else(|e| panic!("malformed AML: {e}"));
     check_objects(&config, &objects);
 }
@@ -365,7 +369,9 @@ impl Reader<'_> {
         let op = self.byte()?;
         match op {
             0x80 => {
-                let name = self.name_string()?.ok_or("OperationRegion without a name")?;
+                let name = self
+                    .name_string()?
+                    .ok_or("OperationRegion without a name")?;
                 let space = self.byte()?;
                 let offset = self.term_arg(limit, depth + 1)?;
                 let length = self.term_arg(limit, depth + 1)?;
@@ -403,7 +409,9 @@ impl Reader<'_> {
             }
             0x82 | 0x84 => {
                 let end = self.pkg_end(limit)?;
-                let name = self.name_string()?.ok_or("Device/PowerResource without a name")?;
+                let name = self
+                    .name_string()?
+                    .ok_or("Device/PowerResource without a name")?;
                 if op == 0x84 {
                     out.power_resources.push(name);
                     self.le(3)?; // SystemLevel, ResourceOrder
@@ -420,8 +428,8 @@ mod tests {
     use super::*;
 
     fn example() -> VmmConfig {
-        let text = std::fs::read_to_string(crate::corpus_dir("config_aml").join("seed-many-devices.toml"))
-            .unwrap();
+        let seed = crate::seeds_dir("config_aml").join("many-devices.toml");
+        let text = std::fs::read_to_string(seed).unwrap();
         VmmConfig::from_toml_str(&text).unwrap()
     }
 

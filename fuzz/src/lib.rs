@@ -14,8 +14,9 @@
 //! Each `check` function takes the fuzzer's bytes, drives the code under test and panics when an
 //! invariant does not hold (never on bad input: bad input must come back as a typed error). The
 //! `cargo fuzz` targets in `fuzz/fuzz_targets/` call them, and so does the corpus replay test
-//! (`fuzz/tests/replay.rs`, plain `cargo test`), over `fuzz/corpus/<target>/` and the crash
-//! reproducers in `fuzz/artifacts/<target>/`. How to run them: `docs/fuzzing.md`.
+//! (`fuzz/tests/replay.rs`, plain `cargo test`), over the hand-written seeds
+//! (`fuzz/seeds/<target>/`), the minimized corpus (`fuzz/corpus/<target>/`) and the crash
+//! reproducers (`fuzz/artifacts/<target>/`). How to run them: `docs/fuzzing.md`.
 #![deny(missing_docs)]
 
 pub mod config_aml;
@@ -90,7 +91,14 @@ pub fn fuzz_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// `fuzz/corpus/<target>`: the minimized seed corpus kept in the repository.
+/// `fuzz/seeds/<target>`: inputs written by hand (the example configuration, the project's
+/// scenarios), the fuzzer's starting points.
+pub fn seeds_dir(target: &str) -> PathBuf {
+    fuzz_dir().join("seeds").join(target)
+}
+
+/// `fuzz/corpus/<target>`: the inputs the fuzzer found that add coverage beyond the seeds,
+/// minimized (`cargo xtask fuzz --merge`), kept in the repository.
 pub fn corpus_dir(target: &str) -> PathBuf {
     fuzz_dir().join("corpus").join(target)
 }

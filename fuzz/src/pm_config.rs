@@ -52,12 +52,26 @@ fn cap_config(u: &mut Unstructured) -> Result<PmCapabilityConfig> {
 
 #[derive(Debug)]
 enum Op {
-    PmRead { offset: usize, width: usize },
-    PmWrite { offset: usize, width: usize, value: u32 },
+    PmRead {
+        offset: usize,
+        width: usize,
+    },
+    PmWrite {
+        offset: usize,
+        width: usize,
+        value: u32,
+    },
     PmSignal,
     PmReset,
-    RootRead { offset: usize, width: usize },
-    RootWrite { offset: usize, width: usize, value: u32 },
+    RootRead {
+        offset: usize,
+        width: usize,
+    },
+    RootWrite {
+        offset: usize,
+        width: usize,
+        value: u32,
+    },
     RootMessage(u16),
     RootReset,
     GpeClear(u64),
@@ -174,7 +188,16 @@ impl PmModel {
         let pmc = self.pmc().to_le_bytes();
         let csr_lo = if self.d3hot { 3 } else { 0 } | if self.config.no_soft_reset { 8 } else { 0 };
         let csr_hi = u8::from(self.pme_en) | if self.pme_status { 0x80 } else { 0 };
-        [PM_CAP_ID, self.config.next_ptr, pmc[0], pmc[1], csr_lo, csr_hi, 0, 0]
+        [
+            PM_CAP_ID,
+            self.config.next_ptr,
+            pmc[0],
+            pmc[1],
+            csr_lo,
+            csr_hi,
+            0,
+            0,
+        ]
     }
 
     fn state(&self) -> PciPowerState {
@@ -366,9 +389,8 @@ impl Rig {
             }
             Op::RootRead { offset, width } => {
                 let got = self.root.read(offset, width);
-                let want = root_access(offset, width).map(|rel| {
-                    le(&self.root_model.bytes()[rel..rel + width])
-                });
+                let want = root_access(offset, width)
+                    .map(|rel| le(&self.root_model.bytes()[rel..rel + width]));
                 assert_eq!(got, want, "root port read {offset:#x}/{width}");
             }
             Op::RootWrite {
@@ -378,12 +400,15 @@ impl Rig {
             } => {
                 let status_before = self.root.root_status() & (1 << 16) != 0;
                 let got = self.root.write(offset, width, value);
-                let want = root_access(offset, width)
-                    .map(|rel| self.root_model.write(rel, width, value));
+                let want =
+                    root_access(offset, width).map(|rel| self.root_model.write(rel, width, value));
                 assert_eq!(got, want, "root port write {offset:#x}/{width} {value:#x}");
                 let status_after = self.root.root_status() & (1 << 16) != 0;
                 // RW1C: a write sets PME Status only by loading a queued requester.
-                assert!(status_before || !status_after, "a guest write set PME Status");
+                assert!(
+                    status_before || !status_after,
+                    "a guest write set PME Status"
+                );
             }
             Op::RootMessage(id) => {
                 let got = self.root.pme_message(id);

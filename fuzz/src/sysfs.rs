@@ -35,7 +35,7 @@ pub fn check(data: &[u8]) {
         tracker(&mut u);
         return;
     }
-    let Ok(tmp) = tempfile::tempdir() else { return };
+    let Ok(tmp) = scratch_dir() else { return };
     let Ok(tree) = Tree::arbitrary(&mut u) else {
         return;
     };
@@ -43,6 +43,22 @@ pub fn check(data: &[u8]) {
         return; // a name the file system refuses: not the parser's business
     }
     tree.check(tmp.path());
+}
+
+/// A fresh temporary directory, in memory when the machine has `/dev/shm`: on a disk-backed
+/// `/tmp` writing and removing the tree costs about a hundred times more, and the fuzzer's
+/// throughput with it.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() {
+        if let Ok(dir) = tempfile::Builder::new()
+            .prefix("vfio-pm-fuzz")
+            .tempdir_in(shm)
+        {
+            return Ok(dir);
+        }
+    }
+    tempfile::tempdir()
 }
 
 /// Files of a device directory whose content is fuzzed (relative to the device directory).
@@ -60,9 +76,30 @@ const DEVICE_FILES: &[&str] = &[
 
 /// Spellings the kernel uses, offered to the fuzzer beside arbitrary bytes.
 const SPELLINGS: &[&str] = &[
-    "D0", "D1", "D2", "D3hot", "D3cold", "unknown", "active", "suspended", "suspending",
-    "resuming", "error", "unsupported", "auto", "on", "0", "1", "Y", "N", "0x10de", "0x030000",
-    "18446744073709551615", "18446744073709551616", " 42\n", "-1",
+    "D0",
+    "D1",
+    "D2",
+    "D3hot",
+    "D3cold",
+    "unknown",
+    "active",
+    "suspended",
+    "suspending",
+    "resuming",
+    "error",
+    "unsupported",
+    "auto",
+    "on",
+    "0",
+    "1",
+    "Y",
+    "N",
+    "0x10de",
+    "0x030000",
+    "18446744073709551615",
+    "18446744073709551616",
+    " 42\n",
+    "-1",
 ];
 
 /// A file's content: missing, or bytes.
@@ -169,8 +206,13 @@ struct Tree {
 
 impl Tree {
     fn arbitrary(u: &mut Unstructured) -> Result<Self> {
-        let address = PciAddress::new(u.arbitrary()?, u.arbitrary()?, u.int_in_range(0..=31)?, u.int_in_range(0..=7)?)
-            .ok_or(arbitrary::Error::IncorrectFormat)?;
+        let address = PciAddress::new(
+            u.arbitrary()?,
+            u.arbitrary()?,
+            u.int_in_range(0..=31)?,
+            u.int_in_range(0..=7)?,
+        )
+        .ok_or(arbitrary::Error::IncorrectFormat)?;
         let bridge = if u.ratio(1, 3)? {
             let b = PciAddress::new(address.domain, address.bus.wrapping_sub(1), 0x1c, 0)
                 .ok_or(arbitrary::Error::IncorrectFormat)?;
@@ -227,7 +269,11 @@ impl Tree {
                 });
             }
             (None, None) => {}
-            (r, b) => panic!("parent bridge {:?}, tree has {:?}", r.as_ref().map(|r| r.address), b.as_ref().map(|b| b.address)),
+            (r, b) => panic!(
+                "parent bridge {:?}, tree has {:?}",
+                r.as_ref().map(|r| r.address),
+                b.as_ref().map(|b| b.address)
+            ),
         }
         check_observe(&self.device, &dev, &report);
         check_residency(&report);
@@ -236,11 +282,14 @@ impl Tree {
         let failed = diagnosis.checks.iter().any(|c| c.verdict == Verdict::Fail);
         assert!(!(diagnosis.d3cold_reachable && failed), "{diagnosis:?}");
         let idle = sysfs.vfio_disable_idle_d3();
-        let want = self.disable_idle_d3.as_deref().and_then(|b| match utf8_trimmed(b)? {
-            "1" | "Y" | "y" => Some(true),
-            "0" | "N" | "n" => Some(false),
-            _ => None,
-        });
+        let want = self
+            .disable_idle_d3
+            .as_deref()
+            .and_then(|b| match utf8_trimmed(b)? {
+                "1" | "Y" | "y" => Some(true),
+                "0" | "N" | "n" => Some(false),
+                _ => None,
+            });
         assert_eq!(idle.known().copied(), want, "disable_idle_d3 {idle:?}");
     }
 }
@@ -251,13 +300,11 @@ fn utf8_trimmed(bytes: &[u8]) -> Option<&str> {
 }
 
 /// A field read as text: known exactly when the file is there and UTF-8, with `value` of it.
-fn check_text_field<T: std::fmt::Debug>(
+fn check_text_field<T: std::fmt::Debug + std::fmt::Display>(
     file: &Content,
     field: &Field<T>,
     value: impl Fn(&str) -> String,
-) where
-    T: std::fmt::Display,
-{
+) {
     let want = file.as_deref().and_then(utf8_trimmed);
     match (want, field.known()) {
         (Some(text), Some(v)) => assert_eq!(v.to_string(), value(text), "{field:?} from {text:?}"),
@@ -296,7 +343,10 @@ fn check_fields(spec: &DeviceSpec, r: &vfio_pm::DeviceReport) {
         r.driver.known().map(String::as_str),
         Some(spec.driver.as_deref().unwrap_or("none"))
     );
-    let group = spec.iommu_group.as_deref().and_then(|g| g.parse::<u32>().ok());
+    let group = spec
+        .iommu_group
+        .as_deref()
+        .and_then(|g| g.parse::<u32>().ok());
     assert_eq!(r.iommu_group.known().copied(), group);
     let mut resources = spec.power_resources.clone();
     if let Some(v) = &mut resources {

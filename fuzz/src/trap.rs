@@ -35,7 +35,9 @@ pub fn check(data: &[u8]) {
             return;
         };
         match access {
-            Access::Write { space, addr, data } => check_write(&config, &decoder, space, addr, &data),
+            Access::Write { space, addr, data } => {
+                check_write(&config, &decoder, space, addr, &data)
+            }
             Access::Stream(bytes) => check_stream(&config, &decoder, &bytes),
         }
     }
@@ -122,7 +124,10 @@ fn access(u: &mut Unstructured, dec: &TrapDecoder) -> Result<Access> {
     };
     let addr = match u.int_in_range(0..=7u8)? {
         0 => u.arbitrary()?,
-        1 => dec.address().wrapping_add(u64::from(u.int_in_range(0..=15u8)?)).wrapping_sub(8),
+        1 => dec
+            .address()
+            .wrapping_add(u64::from(u.int_in_range(0..=15u8)?))
+            .wrapping_sub(8),
         _ => dec.address(),
     };
     let len = if u.ratio(7, 8)? {
@@ -140,7 +145,9 @@ fn register_bytes(value: u64, width: u8) -> Vec<u8> {
 }
 
 fn le_value(data: &[u8]) -> u64 {
-    data.iter().rev().fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
+    data.iter()
+        .rev()
+        .fold(0u64, |acc, b| (acc << 8) | u64::from(*b))
 }
 
 fn check_write(config: &VmmConfig, dec: &TrapDecoder, space: TrapSpace, addr: u64, data: &[u8]) {
@@ -149,8 +156,14 @@ fn check_write(config: &VmmConfig, dec: &TrapDecoder, space: TrapSpace, addr: u6
     let full_width = data.len() == usize::from(dec.width());
     match &result {
         Ok(event) => {
-            assert!(at_register && full_width, "{result:?} for {space:?} {addr:#x} {data:?}");
-            assert!(dec.claims(space, addr, data.len()), "decoded but not claimed");
+            assert!(
+                at_register && full_width,
+                "{result:?} for {space:?} {addr:#x} {data:?}"
+            );
+            assert!(
+                dec.claims(space, addr, data.len()),
+                "decoded but not claimed"
+            );
             assert_eq!(
                 register_bytes(event.encode(), dec.width()),
                 data,

@@ -1,5 +1,6 @@
 //! Replays the kept fuzz inputs through the targets' checks under plain `cargo test` (stable, no
-//! sanitizer, no libFuzzer): the minimized corpus (`fuzz/corpus/<target>/`) and every crash
+//! sanitizer, no libFuzzer): the hand-written seeds (`fuzz/seeds/<target>/`), the minimized
+//! corpus (`fuzz/corpus/<target>/`) and every crash
 //! reproducer (`fuzz/artifacts/<target>/`), so a fixed bug stays fixed and the invariants hold
 //! for every input the fuzzer ever found interesting.
 
@@ -7,23 +8,26 @@ use cap::Cap;
 use std::alloc::System;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
-use vfio_pm_fuzz::{artifacts_dir, corpus_dir, inputs_in, target, TARGETS};
+use vfio_pm_fuzz::{artifacts_dir, corpus_dir, inputs_in, seeds_dir, target, TARGETS};
 
 /// The same allocation limit as the fuzz targets: an input that allocates without bound aborts
 /// this test too.
 #[global_allocator]
 static ALLOCATOR: Cap<System> = Cap::new(System, vfio_pm_fuzz::MEMORY_LIMIT);
 
-/// Every corpus file and reproducer of `name` passes its check; the corpus is not empty.
+/// Every seed, corpus file and reproducer of `name` passes its check; there are seeds.
 fn replay(name: &str) {
     let t = target(name).unwrap_or_else(|| panic!("no target {name}"));
-    let corpus = inputs_in(&corpus_dir(name)).expect("reading the corpus");
+    let seeds = inputs_in(&seeds_dir(name)).expect("reading the seeds");
+    let mut corpus = inputs_in(&corpus_dir(name)).expect("reading the corpus");
     let artifacts = inputs_in(&artifacts_dir(name)).expect("reading the reproducers");
     assert!(
-        !corpus.is_empty(),
-        "{name}: empty corpus {}: seed it (docs/fuzzing.md)",
-        corpus_dir(name).display()
+        !seeds.is_empty(),
+        "{name}: no seeds in {} (docs/fuzzing.md)",
+        seeds_dir(name).display()
     );
+    let from_fuzzer = corpus.len();
+    corpus.extend(seeds);
     let mut failures: Vec<String> = Vec::new();
     for path in corpus.iter().chain(&artifacts) {
         let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
@@ -53,8 +57,8 @@ fn replay(name: &str) {
         failures.join("\n")
     );
     println!(
-        "{name}: {} corpus inputs and {} reproducers replayed",
-        corpus.len(),
+        "{name}: {} seeds, {from_fuzzer} corpus inputs and {} reproducers replayed",
+        corpus.len() - from_fuzzer,
         artifacts.len()
     );
 }
@@ -93,8 +97,8 @@ fn every_target_has_an_entry_point_and_a_small_corpus() {
     let mut total = 0u64;
     for t in TARGETS {
         let entry: PathBuf = dir.join("fuzz_targets").join(format!("{}.rs", t.name));
-        let source = std::fs::read_to_string(&entry)
-            .unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
+        let source =
+            std::fs::read_to_string(&entry).unwrap_or_else(|e| panic!("{}: {e}", entry.display()));
         assert!(
             source.contains(&format!("vfio_pm_fuzz::{}::check", t.name)),
             "{} does not call its check",
@@ -105,11 +109,15 @@ fn every_target_has_an_entry_point_and_a_small_corpus() {
             "no [[bin]] {} in fuzz/Cargo.toml",
             t.name
         );
-        for path in inputs_in(&corpus_dir(t.name)).unwrap() {
+        let kept = [seeds_dir(t.name), corpus_dir(t.name), artifacts_dir(t.name)];
+        for path in kept.iter().flat_map(|d| inputs_in(d).unwrap()) {
             total += std::fs::metadata(&path).unwrap().len();
         }
     }
     let fuzz_targets: Vec<_> = inputs_in(&dir.join("fuzz_targets")).unwrap();
     assert_eq!(fuzz_targets.len(), TARGETS.len(), "{fuzz_targets:?}");
-    assert!(total <= 1 << 20, "the kept corpus is {total} bytes; keep it under 1 MiB");
+    assert!(
+        total <= 1 << 20,
+        "the kept inputs are {total} bytes; keep them under 1 MiB"
+    );
 }
