@@ -5,7 +5,8 @@
 //! - The build is stable Rust: `--sanitizer none` needs no `-Z` flag, so no nightly toolchain
 //!   and no `RUSTC_BOOTSTRAP`. It is a release build with debug assertions and overflow checks
 //!   (`-O -a`): an arithmetic overflow is a crash.
-//! - Each target runs with libFuzzer's memory and length limits (`-rss_limit_mb`,
+//! - Each target runs with its dictionary (`fuzz/dicts/<target>.dict`, the words of a text
+//!   format) and libFuzzer's memory and length limits (`-rss_limit_mb`,
 //!   `-malloc_limit_mb`, `-max_len`, `-timeout`); within the process, the targets' allocator
 //!   ([`vfio_pm_fuzz::MEMORY_LIMIT`]) fails any allocation beyond the limit, since libFuzzer's
 //!   malloc limit needs a sanitizer runtime.
@@ -230,9 +231,17 @@ pub fn binary(name: &str) -> PathBuf {
     target_dir.join(TRIPLE).join("release").join(name)
 }
 
+/// `fuzz/dicts/<target>.dict`: a libFuzzer dictionary of the input format's words, if any.
+pub fn dict(t: &Target) -> Option<PathBuf> {
+    let p = vfio_pm_fuzz::fuzz_dir()
+        .join("dicts")
+        .join(format!("{}.dict", t.name));
+    p.is_file().then_some(p)
+}
+
 /// libFuzzer's arguments for a time-bounded run of `t`, corpus directories last.
 pub fn run_args(t: &Target, seconds: u64, artifacts: &Path) -> Vec<String> {
-    vec![
+    let mut args = vec![
         format!("-max_total_time={seconds}"),
         format!("-max_len={}", t.max_len),
         format!("-rss_limit_mb={RSS_LIMIT_MB}"),
@@ -240,7 +249,9 @@ pub fn run_args(t: &Target, seconds: u64, artifacts: &Path) -> Vec<String> {
         format!("-timeout={INPUT_TIMEOUT_SECS}"),
         format!("-artifact_prefix={}/", artifacts.display()),
         "-print_final_stats=1".into(),
-    ]
+    ];
+    args.extend(dict(t).map(|d| format!("-dict={}", d.display())));
+    args
 }
 
 /// The value of libFuzzer's final `stat::NAME: N` line.
@@ -423,6 +434,7 @@ mod tests {
         let args = run_args(t, 60, Path::new("/a"));
         assert!(args.contains(&"-max_len=4096".to_string()));
         assert!(args.contains(&"-artifact_prefix=/a/".to_string()));
+        assert!(args.iter().any(|a| a.ends_with("fuzz/dicts/scenario.dict")));
         assert!(build_args(None).contains(&"none".to_string()));
     }
 }
