@@ -19,7 +19,7 @@
 
 use crate::text;
 use vfio_pm_vmm::aml;
-use vfio_pm_vmm::config::{ConfigFile, TrapSpace, VmmConfig, WakeRoute};
+use vfio_pm_vmm::config::{ConfigFile, RouteKind, TrapSpace, VmmConfig};
 
 /// The fuzz target's entry point.
 pub fn check(data: &[u8]) {
@@ -101,7 +101,7 @@ fn check_objects(config: &VmmConfig, found: &Objects) {
     let gpe_devices = config
         .devices()
         .iter()
-        .filter(|d| d.has_wake() && d.route == WakeRoute::Gpe && d.gpe.is_some())
+        .filter(|d| d.has_wake() && d.route == RouteKind::Gpe && d.gpe.is_some())
         .count();
     assert_eq!(gpe_methods, gpe_devices, "GPE methods");
 }

@@ -6,7 +6,7 @@
 //!
 //! - [`TrapDecoder::decode`] accepts exactly the writes the decoder [claims](TrapDecoder::claims)
 //!   at the register's own address and width; the decoded request, re-encoded
-//!   ([`TrapEvent::encode`], little endian, the register's width), gives back the bytes written,
+//!   ([`encode`], little endian, the register's width), gives back the bytes written,
 //!   and names an in-range slot of a device that has a power resource.
 //! - A malformed write is the one [`TrapError`] variant its defect calls for, whose fields
 //!   describe that defect; never a panic.
@@ -15,14 +15,11 @@
 //!   ([`aml::trap_value`]) decode to that device and action: generator and decoder agree.
 
 use arbitrary::{Result, Unstructured};
+use vfio_pm::PciAddress;
 use vfio_pm_vmm::aml;
-use vfio_pm_vmm::config::{
-    ConfigFile, DeviceFile, NodeMode, TableFile, TrapFile, TrapSpace, VmmConfig, WakeFile,
-    WakeupMode,
-};
-use vfio_pm_vmm::trap::{
-    PowerAction, TrapDecoder, TrapError, TrapEvent, ACTION_ON, RESERVED_MASK, SLOT_MASK,
-};
+use vfio_pm_vmm::config::{ConfigFile, DeviceFile, TrapFile, TrapSpace, VmmConfig, WakeupMode};
+use vfio_pm_vmm::trap::{encode, TrapDecoder, TrapError, ACTION_ON, RESERVED_MASK, SLOT_MASK};
+use vfio_pm_vmm::{GuestRequest, PowerAction};
 
 /// The fuzz target's entry point.
 pub fn check(data: &[u8]) {
@@ -59,35 +56,22 @@ fn config(u: &mut Unstructured) -> Result<VmmConfig> {
     let count = u.int_in_range(1..=64usize)?;
     let mut devices = Vec::with_capacity(count);
     for i in 0..count {
+        let address = PciAddress::new(0, (i / 32) as u8, (i % 32) as u8, 0)
+            .ok_or(arbitrary::Error::IncorrectFormat)?;
         devices.push(DeviceFile {
-            acpi_path: format!("\\_SB.PCI0.D{i:03}"),
-            pci_address: format!("0000:{:02x}:{:02x}.0", i / 32, i % 32),
-            vendor_id: 0x10de,
-            device_id: None,
-            class_code: 0x030000,
             d3cold: u.arbitrary()?,
             wakeup: WakeupMode::Never,
-            pme_support: false,
-            has_pm_capability: true,
-            hotplug_eject: false,
-            root_port: None,
-            root_port_bdf: None,
-            wake_route: None,
-            gpe: None,
-            power_resource: None,
-            node: NodeMode::Existing,
+            ..DeviceFile::new(&format!("\\_SB.PCI0.D{i:03}"), address, 0x10de, 0x030000)
         });
     }
-    let mut file = ConfigFile {
-        table: TableFile::default(),
-        trap: TrapFile {
+    let mut file = ConfigFile::new(
+        TrapFile {
             space,
             address,
             width,
         },
-        wake: WakeFile::default(),
         devices,
-    };
+    );
     match VmmConfig::validate(&file) {
         Ok(c) => Ok(c),
         Err(_) => {
@@ -165,17 +149,17 @@ fn check_write(config: &VmmConfig, dec: &TrapDecoder, space: TrapSpace, addr: u6
                 "decoded but not claimed"
             );
             assert_eq!(
-                register_bytes(event.encode(), dec.width()),
+                register_bytes(encode(*event), dec.width()),
                 data,
                 "re-encoding {event:?} does not give back the bytes written"
             );
-            assert_eq!(dec.decode_value(event.encode()).as_ref(), Ok(event));
+            assert_eq!(dec.decode_value(encode(*event)).as_ref(), Ok(event));
             let device = config
                 .devices()
-                .get(usize::from(event.device.index()))
+                .get(event.slot.index() as usize)
                 .unwrap_or_else(|| panic!("{event:?} names a slot beyond the devices"));
             assert!(device.d3cold, "{event:?}: its device has no power resource");
-            assert_eq!(dec.pci_address(event.device), Some(device.pci_address));
+            assert_eq!(dec.pci_address(event.slot), Some(device.pci_address));
         }
         Err(TrapError::WrongSpace { expected, got }) => {
             assert!(*expected == dec.space() && *got == space && space != dec.space());
@@ -256,7 +240,7 @@ fn check_stream(config: &VmmConfig, dec: &TrapDecoder, bytes: &[u8]) {
     }
     // Every decoded event of a capture names a device with a power resource.
     for event in results.iter().flatten() {
-        assert!(config.devices()[usize::from(event.device.index())].d3cold);
+        assert!(config.devices()[event.slot.index() as usize].d3cold);
     }
 }
 
@@ -270,8 +254,8 @@ fn generator_and_decoder_agree(config: &VmmConfig, dec: &TrapDecoder) {
             if device.d3cold {
                 assert_eq!(
                     decoded,
-                    Ok(TrapEvent {
-                        device: device.slot,
+                    Ok(GuestRequest {
+                        slot: device.slot,
                         action
                     })
                 );

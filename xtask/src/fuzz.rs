@@ -13,7 +13,7 @@
 //! - New inputs go to `target/fuzz/corpus/<target>` (the repository's `fuzz/seeds/<target>` and
 //!   `fuzz/corpus/<target>` are read, never written), crashes to `target/fuzz/artifacts/<target>`,
 //!   libFuzzer's output to `target/fuzz/logs/<target>.log`. `--merge` then minimizes the
-//!   repository corpus together with the new inputs (libFuzzer `-merge=1`) into
+//!   repository corpus together with the new inputs (libFuzzer `-set_cover_merge=1`: the fewest inputs that keep the coverage) into
 //!   `fuzz/corpus/<target>`: what adds coverage beyond the seeds.
 
 use crate::workspace_root;
@@ -345,7 +345,7 @@ fn merge_corpus(t: &Target, new: &Path) -> Result<usize> {
         seed_copies.push(copy);
     }
     let st = Command::new(binary(t.name))
-        .arg("-merge=1")
+        .arg("-set_cover_merge=1")
         .arg(format!("-max_len={}", t.max_len))
         .arg(&staging)
         .arg(&kept)
