@@ -13,8 +13,8 @@
 //! - New inputs go to `target/fuzz/corpus/<target>` (the repository's `fuzz/seeds/<target>` and
 //!   `fuzz/corpus/<target>` are read, never written), crashes to `target/fuzz/artifacts/<target>`,
 //!   libFuzzer's output to `target/fuzz/logs/<target>.log`. `--merge` then minimizes the
-//!   repository corpus together with the new inputs (libFuzzer `-set_cover_merge=1`: the fewest inputs that keep the coverage) into
-//!   `fuzz/corpus/<target>`: what adds coverage beyond the seeds.
+//!   repository corpus together with the new inputs (libFuzzer `-set_cover_merge=1`: the fewest
+//!   inputs that keep the coverage) into `fuzz/corpus/<target>`: what adds to the seeds.
 
 use crate::workspace_root;
 use anyhow::{bail, Context, Result};
