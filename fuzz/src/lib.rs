@@ -10,6 +10,7 @@
 //! | `config_aml` | the VMM's TOML configuration, through to the SSDT | [`config_aml`] |
 //! | `scenario` | scenario text, run on the simulated host | [`scenario`] |
 //! | `sysfs` | sysfs file contents (power state, runtime status, residency counters) | [`sysfs`] |
+//! | `vmm_exits` | the guest's VM exits into the VMM glue, with host events on the simulated host | [`vmm_exits`] |
 //!
 //! Each `check` function takes the fuzzer's bytes, drives the code under test and panics when an
 //! invariant does not hold (never on bad input: bad input must come back as a typed error). The
@@ -24,6 +25,7 @@ pub mod pm_config;
 pub mod scenario;
 pub mod sysfs;
 pub mod trap;
+pub mod vmm_exits;
 
 use std::path::{Path, PathBuf};
 
@@ -78,6 +80,12 @@ pub const TARGETS: &[Target] = &[
         max_len: 2048,
         check: sysfs::check,
         what: "sysfs file contents: reports, observations, residency and the tracker agree with the files and never panic",
+    },
+    Target {
+        name: "vmm_exits",
+        max_len: 2048,
+        check: vmm_exits::check,
+        what: "guest VM exits into VmmPowerManager on the simulated host: guest errors are guest errors, teardown leaves nothing engaged",
     },
 ];
 

@@ -88,6 +88,11 @@ fn sysfs_corpus_and_reproducers() {
     replay("sysfs");
 }
 
+#[test]
+fn vmm_exits_corpus_and_reproducers() {
+    replay("vmm_exits");
+}
+
 /// The target list, the `cargo fuzz` entry points and the corpus directories agree, and the
 /// kept corpus stays small (the repository stays lean: minimize with `cargo xtask fuzz --merge`).
 #[test]
