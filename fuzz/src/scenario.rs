@@ -12,7 +12,9 @@
 //!   line, and each named eventfd of the scenario;
 //! - every trace line parses back from its printed form ([`TraceLine::parse`], what the QEMU
 //!   harness does with a guest's console), so a model run is always comparable with a kernel run;
-//! - the model is deterministic: the same scenario gives the same trace twice.
+//! - the model is deterministic: the same scenario gives the same trace twice;
+//! - any line of the text read as a trace line ([`TraceLine::parse`], the console parser) is an
+//!   error or a line whose printed form parses back to it.
 
 use crate::text;
 use vfio_pm_sim::scenario::{Platforms, Scenario, TraceLine};
@@ -21,6 +23,7 @@ use vfio_pm_sim::Platform;
 /// The fuzz target's entry point.
 pub fn check(data: &[u8]) {
     let Some(text) = text(data) else { return };
+    trace_lines_round_trip(text);
     let scenario = match Scenario::parse("fuzz", text) {
         Ok(s) => s,
         Err(e) => {
@@ -51,6 +54,21 @@ pub fn check(data: &[u8]) {
             vfio_pm_sim::run_on_model(&scenario, platform),
             "the model is not deterministic"
         );
+    }
+}
+
+/// Each line of the text read as a trace line (what a guest prints on the console for the
+/// QEMU harness to parse): an error, or a line whose printed form parses back to it.
+fn trace_lines_round_trip(text: &str) {
+    for l in text.lines() {
+        if let Ok(line) = TraceLine::parse(l) {
+            let printed = line.to_string();
+            assert_eq!(
+                TraceLine::parse(&printed).as_ref(),
+                Ok(&line),
+                "{l:?} parsed, printed as {printed:?}, does not parse back"
+            );
+        }
     }
 }
 
