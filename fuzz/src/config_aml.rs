@@ -14,8 +14,9 @@
 //!   package length and element count tiles its contents exactly, and every name is a valid
 //!   name string;
 //! - the objects match the configuration: one power resource per D3cold device, one trap
-//!   `OperationRegion` at the configured address, width and space, one GPE method per device
-//!   woken through a GPE.
+//!   `OperationRegion` at the configured address, width and space (plus the mailbox's two
+//!   regions and its method when a mailbox is configured), one GPE method per device woken
+//!   through a GPE.
 
 use crate::text;
 use vfio_pm_vmm::aml;
@@ -83,15 +84,32 @@ fn check_objects(config: &VmmConfig, found: &Objects) {
         TrapSpace::Io => 1,
         TrapSpace::Mmio => 0,
     };
+    let trap_regions: Vec<&Region> = found
+        .regions
+        .iter()
+        .filter(|r| &r.name == b"VPMR")
+        .collect();
     assert_eq!(
-        found.regions,
-        [Region {
+        trap_regions,
+        [&Region {
             name: *b"VPMR",
             space,
-            offset: trap.address,
-            length: u64::from(trap.width)
+            offset: Some(trap.address),
+            length: Some(u64::from(trap.width))
         }]
     );
+    // The mailbox adds its BAR2 window (PCI_Config 0x18, 8 bytes) and its per-call slot region.
+    let others = found.regions.len() - trap_regions.len();
+    if config.mailbox().is_some() {
+        assert_eq!(others, 2, "{:?}", found.regions);
+        assert!(found.regions.iter().any(|r| &r.name == b"VPMC"
+            && r.space == 2
+            && r.offset == Some(u64::from(aml::BAR2_OFFSET))
+            && r.length == Some(8)));
+        assert!(found.methods.contains(b"VPMA"), "no mailbox method");
+    } else {
+        assert_eq!(others, 0, "{:?}", found.regions);
+    }
     let gpe_methods = found
         .methods
         .iter()
@@ -113,10 +131,10 @@ pub struct Region {
     pub name: [u8; 4],
     /// `RegionSpace` byte (0 SystemMemory, 1 SystemIO).
     pub space: u8,
-    /// Offset, when given as an integer.
-    pub offset: u64,
+    /// Offset, when given as an integer (the mailbox's per-call region is computed).
+    pub offset: Option<u64>,
     /// Length, when given as an integer.
-    pub length: u64,
+    pub length: Option<u64>,
 }
 
 /// What [`walk`] found in an AML body.
@@ -126,13 +144,17 @@ pub struct Objects {
     pub power_resources: Vec<[u8; 4]>,
     /// Every `OperationRegion`.
     pub regions: Vec<Region>,
-    /// Name segments of every `Method`.
+    /// Name segments of every `Method`, with their argument counts.
     pub methods: Vec<[u8; 4]>,
+    /// Argument count of each method in `methods`.
+    arg_counts: Vec<u8>,
 }
 
 /// Decodes an AML term list made of the objects vfio-pm's generator emits (`Scope`, `Device`,
-/// `PowerResource`, `Method`, `Name`, `OperationRegion`, `Field`, `External`, `If`, `Store`,
-/// `Return`, `Notify`, `LEqual`, integers, packages, strings, args and name strings), checking
+/// `PowerResource`, `Method` and calls of methods declared before, `Name`, `OperationRegion`,
+/// `Field`, `External`, `If`/`Else`, `While`, `Store`, `Return`, `Notify`, `Sleep`, `Add`,
+/// `And`, `Or`, shifts, `LEqual`, `LLess`, integers, packages, strings, args, locals and name
+/// strings), checking
 /// that every package length and element count is consistent. An opcode outside that set is
 /// an error too: the generator has no business emitting it.
 pub fn walk(body: &[u8]) -> Result<Objects, String> {
@@ -289,9 +311,16 @@ impl Reader<'_> {
                 }
                 None
             }
-            0x93 => {
+            0x93 | 0x95 => {
+                // LEqual, LLess
                 self.term_arg(limit, depth + 1)?;
                 self.term_arg(limit, depth + 1)?;
+                None
+            }
+            0x72 | 0x79 | 0x7a | 0x7b | 0x7d => {
+                self.term_arg(limit, depth + 1)?;
+                self.term_arg(limit, depth + 1)?;
+                self.target()?;
                 None
             }
             _ => return self.err(&format!("unexpected operand opcode {op:#04x}")),
@@ -313,21 +342,34 @@ impl Reader<'_> {
 
     /// One object of a term list, ending at or before `limit`.
     fn term(&mut self, limit: usize, out: &mut Objects, depth: usize) -> Result<(), String> {
+        if self.peek().is_some_and(Self::starts_name) {
+            // A statement that is a name is a call of a method declared earlier in the table.
+            let name = self.name_string()?.ok_or("null name as a statement")?;
+            let Some(i) = out.methods.iter().position(|m| *m == name) else {
+                return self.err("a name that is no declared method, as a statement");
+            };
+            for _ in 0..out.arg_counts[i] {
+                self.term_arg(limit, depth + 1)?;
+            }
+            return Ok(());
+        }
         let op = self.byte()?;
         match op {
-            0x10 | 0xa0 | 0x14 => {
+            0x10 | 0xa0 | 0xa1 | 0xa2 | 0x14 => {
                 let end = self.pkg_end(limit)?;
                 match op {
                     0x10 => {
                         self.name_string()?;
                     }
-                    0xa0 => {
-                        self.term_arg(end, depth + 1)?;
+                    0xa0 | 0xa2 => {
+                        self.term_arg(end, depth + 1)?; // If / While predicate
                     }
+                    0xa1 => {} // Else
                     _ => {
                         let name = self.name_string()?.ok_or("Method without a name")?;
+                        let flags = self.byte()?;
                         out.methods.push(name);
-                        self.byte()?; // MethodFlags
+                        out.arg_counts.push(flags & 7);
                     }
                 }
                 self.term_list(end, out, depth + 1)
@@ -344,6 +386,12 @@ impl Reader<'_> {
                 self.term_arg(limit, depth + 1)?;
                 self.super_name()
             }
+            // Add, ShiftLeft, ShiftRight, And, Or: Operand Operand Target.
+            0x72 | 0x79 | 0x7a | 0x7b | 0x7d => {
+                self.term_arg(limit, depth + 1)?;
+                self.term_arg(limit, depth + 1)?;
+                self.target()
+            }
             0xa4 => self.term_arg(limit, depth + 1).map(drop),
             0x86 => {
                 self.super_name()?;
@@ -352,6 +400,15 @@ impl Reader<'_> {
             0x5b => self.ext_term(limit, out, depth),
             _ => self.err(&format!("unexpected opcode {op:#04x}")),
         }
+    }
+
+    /// A `Target`: a SuperName or the null name (result discarded).
+    fn target(&mut self) -> Result<(), String> {
+        if self.peek() == Some(0x00) {
+            self.pos += 1;
+            return Ok(());
+        }
+        self.super_name()
     }
 
     fn super_name(&mut self) -> Result<(), String> {
@@ -375,9 +432,6 @@ impl Reader<'_> {
                 let space = self.byte()?;
                 let offset = self.term_arg(limit, depth + 1)?;
                 let length = self.term_arg(limit, depth + 1)?;
-                let (Some(offset), Some(length)) = (offset, length) else {
-                    return self.err("OperationRegion offset/length not integers");
-                };
                 out.regions.push(Region {
                     name,
                     space,
@@ -418,6 +472,7 @@ impl Reader<'_> {
                 }
                 self.term_list(end, out, depth + 1)
             }
+            0x22 => self.term_arg(limit, depth + 1).map(drop), // Sleep
             _ => self.err(&format!("unexpected extended opcode 0x5b {op:#04x}")),
         }
     }

@@ -69,6 +69,7 @@ fn config(u: &mut Unstructured) -> Result<VmmConfig> {
             space,
             address,
             width,
+            ..TrapFile::io(0)
         },
         devices,
     );
@@ -76,9 +77,8 @@ fn config(u: &mut Unstructured) -> Result<VmmConfig> {
         Ok(c) => Ok(c),
         Err(_) => {
             file.trap = TrapFile {
-                space: TrapSpace::Io,
-                address: 0x440,
                 width,
+                ..TrapFile::io(0x440)
             };
             VmmConfig::validate(&file).map_err(|_| arbitrary::Error::IncorrectFormat)
         }
