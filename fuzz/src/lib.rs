@@ -10,6 +10,7 @@
 //! | `config_aml` | the VMM's TOML configuration, through to the SSDT | [`config_aml`] |
 //! | `scenario` | scenario text, run on the simulated host | [`scenario`] |
 //! | `sysfs` | sysfs file contents (power state, runtime status, residency counters) | [`sysfs`] |
+//! | `qemu_args` | the QEMU command line `vfio-pm qemu` analyses | [`qemu_args`] |
 //! | `vmm_exits` | the guest's VM exits into the VMM glue, with host events on the simulated host | [`vmm_exits`] |
 //!
 //! Each `check` function takes the fuzzer's bytes, drives the code under test and panics when an
@@ -22,12 +23,26 @@
 
 pub mod config_aml;
 pub mod pm_config;
+pub mod qemu_args;
 pub mod scenario;
 pub mod sysfs;
 pub mod trap;
 pub mod vmm_exits;
 
 use std::path::{Path, PathBuf};
+
+// vfio-pm-cli's QEMU command line analysis, compiled from the CLI's own source files (the CLI
+// is a binary crate: there is no library to link, and these three modules use nothing of it
+// but each other, as `super::args` and `super::opts`). The `qemu_args` target fuzzes them.
+#[allow(dead_code, missing_docs)]
+#[path = "../../crates/vfio-pm-cli/src/qemu/args.rs"]
+mod args;
+#[allow(dead_code, missing_docs)]
+#[path = "../../crates/vfio-pm-cli/src/qemu/opts.rs"]
+mod opts;
+#[allow(dead_code, missing_docs)]
+#[path = "../../crates/vfio-pm-cli/src/qemu/plan.rs"]
+mod plan;
 
 /// Bytes the code under test may have allocated at once (live, not cumulative) before an
 /// allocation fails and the process aborts: the "no unbounded allocation" invariant. The fuzz
@@ -80,6 +95,12 @@ pub const TARGETS: &[Target] = &[
         max_len: 2048,
         check: sysfs::check,
         what: "sysfs file contents: reports, observations, residency and the tracker agree with the files and never panic",
+    },
+    Target {
+        name: "qemu_args",
+        max_len: 4096,
+        check: qemu_args::check,
+        what: "the QEMU command line of vfio-pm qemu: a faithful walk, typed errors, plans that name only what the command line has",
     },
     Target {
         name: "vmm_exits",

@@ -89,6 +89,11 @@ fn sysfs_corpus_and_reproducers() {
 }
 
 #[test]
+fn qemu_args_corpus_and_reproducers() {
+    replay("qemu_args");
+}
+
+#[test]
 fn vmm_exits_corpus_and_reproducers() {
     replay("vmm_exits");
 }
