@@ -6,6 +6,7 @@
 //! | target | input | module |
 //! |---|---|---|
 //! | `trap` | guest writes to the trap register | [`trap`] |
+//! | `mailbox` | the acknowledged mailbox's shared memory, which the guest writes | [`mailbox`] |
 //! | `pm_config` | guest accesses to the PM capability, root port PME registers, GPE block | [`pm_config`] |
 //! | `config_aml` | the VMM's TOML configuration, through to the SSDT | [`config_aml`] |
 //! | `scenario` | scenario text, run on the simulated host | [`scenario`] |
@@ -22,6 +23,7 @@
 #![deny(missing_docs)]
 
 pub mod config_aml;
+pub mod mailbox;
 pub mod pm_config;
 pub mod qemu_args;
 pub mod scenario;
@@ -71,6 +73,12 @@ pub const TARGETS: &[Target] = &[
         max_len: 1024,
         check: trap::check,
         what: "trap register writes: a decoded write is one the decoder claims and re-encodes to the bytes written",
+    },
+    Target {
+        name: "mailbox",
+        max_len: 4200,
+        check: mailbox::check,
+        what: "the acknowledged mailbox's guest-written memory: scans read what the guest wrote, replies change only their slot",
     },
     Target {
         name: "pm_config",

@@ -48,7 +48,7 @@ pub fn check(data: &[u8]) {
 /// A fresh temporary directory, in memory when the machine has `/dev/shm`: on a disk-backed
 /// `/tmp` writing and removing the tree costs about a hundred times more, and the fuzzer's
 /// throughput with it.
-fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+pub(crate) fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
     let shm = Path::new("/dev/shm");
     if shm.is_dir() {
         if let Ok(dir) = tempfile::Builder::new()

@@ -69,6 +69,11 @@ fn trap_corpus_and_reproducers() {
 }
 
 #[test]
+fn mailbox_corpus_and_reproducers() {
+    replay("mailbox");
+}
+
+#[test]
 fn pm_config_corpus_and_reproducers() {
     replay("pm_config");
 }
