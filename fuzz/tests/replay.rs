@@ -136,3 +136,53 @@ fn every_target_has_an_entry_point_and_a_small_corpus() {
         "the kept inputs are {total} bytes; keep them under 1 MiB"
     );
 }
+
+/// Every dictionary line is a comment, blank, or `name="..."` with only the escapes libFuzzer's
+/// ParseDictionaryFile takes (`\\`, `\"`, `\xAB`): a bad line makes libFuzzer refuse to start.
+#[test]
+fn dictionaries_parse_as_libfuzzer_reads_them() {
+    let dir = vfio_pm_fuzz::fuzz_dir().join("dicts");
+    for path in inputs_in(&dir).unwrap() {
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        assert!(
+            target(&name).is_some(),
+            "{}: no target {name}",
+            path.display()
+        );
+        for (n, line) in std::fs::read_to_string(&path).unwrap().lines().enumerate() {
+            let l = line.trim();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            let (_, quoted) = l
+                .split_once('=')
+                .unwrap_or_else(|| panic!("{name}:{}: {l}", n + 1));
+            let body = quoted
+                .strip_prefix('"')
+                .and_then(|q| q.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{name}:{}: not quoted: {l}", n + 1));
+            let b = body.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                if b[i] == b'\\' {
+                    let ok = match b.get(i + 1) {
+                        Some(b'\\') | Some(b'"') => {
+                            i += 2;
+                            true
+                        }
+                        Some(b'x') => {
+                            let hex = b.get(i + 2..i + 4).unwrap_or(&[]);
+                            i += 4;
+                            hex.len() == 2 && hex.iter().all(u8::is_ascii_hexdigit)
+                        }
+                        _ => false,
+                    };
+                    assert!(ok, "{name}:{}: escape libFuzzer refuses: {l}", n + 1);
+                } else {
+                    assert!(b[i] != b'"', "{name}:{}: unescaped quote: {l}", n + 1);
+                    i += 1;
+                }
+            }
+        }
+    }
+}
