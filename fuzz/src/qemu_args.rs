@@ -27,7 +27,13 @@ pub fn check(data: &[u8]) {
         Ok(options) => check_walk(rest, &options),
         Err(args::WalkError::TooMany(n)) => assert!(n > args::MAX_ARGS),
         Err(args::WalkError::MissingValue(name)) => {
-            assert!(rest.iter().any(|w| w.trim_start_matches('-') == name));
+            // Only the last word can lack its value.
+            let last = rest.last().map(String::as_str);
+            let dashed = [format!("-{name}"), format!("--{name}")];
+            assert!(
+                last.is_some_and(|l| dashed.iter().any(|d| d == l)),
+                "{last:?}"
+            );
         }
     }
     let result = plan::plan(&argv);
