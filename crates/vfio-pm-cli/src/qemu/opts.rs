@@ -205,7 +205,10 @@ mod tests {
                 "{bad}"
             );
         }
-        assert_eq!(Props::parse(r#"{"":"vfio-pci"}"#, None), Err(OptsError::EmptyKey));
+        assert_eq!(
+            Props::parse(r#"{"":"vfio-pci"}"#, None),
+            Err(OptsError::EmptyKey)
+        );
         // Not an object: QemuOpts, whose bare first word is a flag.
         assert_eq!(Props::parse("[1]", None).unwrap().get("[1]"), Some("on"));
     }
