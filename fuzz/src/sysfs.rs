@@ -13,8 +13,9 @@
 //!   the trimmed text (spelled back by `as_str`), counters are the file's decimal `u64`,
 //!   `d3cold_allowed` is one of the kernel's boolean spellings, IDs keep their hex digits;
 //! - [`SysfsDevice::observe`] reads the same two files and agrees with the report;
-//! - [`Residency::from_report`] keeps the counters, its suspended share lies in 0..=1, and it
-//!   splits D3 only when D3cold is impossible;
+//! - [`Residency::from_report`] keeps the counters (or, given an uptime they exceed, refuses
+//!   both with a reason), its suspended share lies in 0..=1, and it splits D3 only when D3cold
+//!   is impossible;
 //! - the doctor's verdict follows its checks (D3cold reachable only if no blocking check fails);
 //! - the [`ResidencyTracker`], fed samples with any counter values (the files' content) at
 //!   increasing times, keeps its counts consistent: wakes it missed are part of its wakes, every
@@ -378,19 +379,28 @@ fn check_observe(spec: &DeviceSpec, dev: &SysfsDevice, r: &vfio_pm::DeviceReport
 }
 
 fn check_residency(r: &vfio_pm::DeviceReport) {
-    let res = Residency::from_report(r);
     let ms = |f: &Field<u64>| f.known().map(|v| Duration::from_millis(*v));
-    assert_eq!(res.d0, ms(&r.runtime_active_ms));
-    assert_eq!(res.d3, ms(&r.runtime_suspended_ms));
-    if let Some(share) = res.suspended_share {
-        assert!((0.0..=1.0).contains(&share), "suspended share {share}");
-    }
-    match res.d3_split {
-        D3Split::InferredNoD3cold => {
-            assert_eq!(res.d3hot, res.d3);
-            assert_eq!(res.d3cold, res.d3.map(|_| Duration::ZERO));
+    // Without an uptime bound the counters are taken as they are; with one (an hour here),
+    // counters beyond it are refused as a whole, with a reason.
+    for since_boot in [None, Some(Duration::from_secs(3600))] {
+        let res = Residency::from_report(r, since_boot);
+        if res.counter_error.is_some() {
+            assert!(since_boot.is_some(), "a counter error without a bound");
+            assert!(res.d0.is_none() && res.d3.is_none() && res.suspended_share.is_none());
+        } else {
+            assert_eq!(res.d0, ms(&r.runtime_active_ms));
+            assert_eq!(res.d3, ms(&r.runtime_suspended_ms));
         }
-        D3Split::Unknown => assert!(res.d3hot.is_none() && res.d3cold.is_none()),
+        if let Some(share) = res.suspended_share {
+            assert!((0.0..=1.0).contains(&share), "suspended share {share}");
+        }
+        match res.d3_split {
+            D3Split::InferredNoD3cold => {
+                assert_eq!(res.d3hot, res.d3);
+                assert_eq!(res.d3cold, res.d3.map(|_| Duration::ZERO));
+            }
+            D3Split::Unknown => assert!(res.d3hot.is_none() && res.d3cold.is_none()),
+        }
     }
 }
 
