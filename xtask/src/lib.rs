@@ -15,11 +15,14 @@
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
 //! - [`rootport`]: the laptop topology (`_PR3` on the root port, not the endpoint), one boot
 //!   per kernel.
+//!
+//! Beside the harness, [`fuzz`] builds and runs the `cargo fuzz` targets for a bounded time.
 
 pub mod apt;
 pub mod conformance;
 pub mod console;
 pub mod deps;
+pub mod fuzz;
 pub mod guest;
 pub mod harness;
 pub mod kernels;

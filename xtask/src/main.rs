@@ -1,4 +1,5 @@
-//! `cargo xtask deps | kernels | qemu`: see the library documentation.
+//! `cargo xtask deps | kernels | qemu | conformance | tour | test | fuzz`: see the library
+//! documentation.
 
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
@@ -21,7 +22,13 @@ const USAGE: &str = "usage: cargo xtask <command>
                                target/qemu/conformance.md); exit 1 on any difference
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
                                (includes the QEMU test;
-                               VFIO_PM_SKIP_QEMU=1 skips it loudly)";
+                               VFIO_PM_SKIP_QEMU=1 skips it loudly), then every fuzz
+                               target for VFIO_PM_FUZZ_SECONDS (default 60) s each
+                               (VFIO_PM_SKIP_FUZZ=1 skips them loudly)
+  fuzz [--seconds N] [--merge] [TARGET...]
+                               build the cargo fuzz targets (stable, no sanitizer) and
+                               run each for N s (default 60); --merge minimizes the new
+                               inputs into fuzz/corpus (docs/fuzzing.md)";
 
 fn kernels_arg(v: &str) -> Result<Vec<KernelSeries>> {
     if v == "all" {
@@ -57,7 +64,19 @@ fn main() -> Result<()> {
             .args(rest)
             .status()
             .context("running cargo test")?;
-        std::process::exit(st.code().unwrap_or(1));
+        if !st.success() {
+            std::process::exit(st.code().unwrap_or(1));
+        }
+        if std::env::var_os("VFIO_PM_SKIP_FUZZ").is_some() {
+            eprintln!("xtask test: VFIO_PM_SKIP_FUZZ is set: the fuzz targets were NOT run");
+            return Ok(());
+        }
+        xtask::fuzz::run(&xtask::fuzz::FuzzOptions::parse(&[])?)?;
+        return Ok(());
+    }
+    if cmd == "fuzz" {
+        xtask::fuzz::run(&xtask::fuzz::FuzzOptions::parse(rest)?)?;
+        return Ok(());
     }
     let mut opts = Options::default();
     let mut it = rest.iter();

@@ -83,6 +83,9 @@ impl Props {
         let mut props = Vec::with_capacity(obj.len());
         let mut numbers = Vec::new();
         for (k, v) in obj {
+            if k.is_empty() {
+                return Err(OptsError::EmptyKey); // as in QemuOpts (found by fuzz target qemu_args)
+            }
             let value = match v {
                 serde_json::Value::String(s) => s.clone(),
                 serde_json::Value::Bool(b) => if *b { "on" } else { "off" }.to_string(),
@@ -202,6 +205,10 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(
+            Props::parse(r#"{"":"vfio-pci"}"#, None),
+            Err(OptsError::EmptyKey)
+        );
         // Not an object: QemuOpts, whose bare first word is a flag.
         assert_eq!(Props::parse("[1]", None).unwrap().get("[1]"), Some("on"));
     }

@@ -1,0 +1,13 @@
+//! `cargo fuzz run --features libfuzzer trap` (or `cargo xtask fuzz trap`): see
+//! [`vfio_pm_fuzz::trap`] for what it feeds and asserts.
+#![no_main]
+
+use cap::Cap;
+use std::alloc::System;
+
+/// Allocation beyond [`vfio_pm_fuzz::MEMORY_LIMIT`] fails, which aborts: a crash libFuzzer
+/// records like any other.
+#[global_allocator]
+static ALLOCATOR: Cap<System> = Cap::new(System, vfio_pm_fuzz::MEMORY_LIMIT);
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| vfio_pm_fuzz::trap::check(data));
