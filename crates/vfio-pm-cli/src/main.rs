@@ -5,13 +5,14 @@ mod demo;
 mod direct;
 mod doctor_cmd;
 mod exporter;
+mod manpages;
 mod out;
 mod qemu;
 mod status;
 mod table;
 mod watch;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 use std::time::Duration;
 use vfio_pm::{PciAddress, Sysfs};
@@ -131,6 +132,10 @@ enum Command {
     /// arguments and attach to a QEMU libvirt starts), take hold of its devices, turn the
     /// guest's _OFF/_ON into LOW_POWER_ENTRY/EXIT. See docs/qemu.md.
     Qemu(Box<qemu::QemuArgs>),
+    /// Write the manual pages (one per command) generated from this command's definitions.
+    Man(manpages::ManArgs),
+    /// Write the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions(manpages::CompletionsArgs),
 }
 
 fn main() -> ExitCode {
@@ -175,6 +180,8 @@ fn main() -> ExitCode {
         Command::Aml(args) => aml_cmd::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Qemu(args) => qemu::run(&sysfs, *args),
+        Command::Man(args) => manpages::man(Cli::command(), args),
+        Command::Completions(args) => manpages::completions(Cli::command(), args),
     };
     match result {
         Ok(code) => code,
