@@ -1,13 +1,15 @@
 //! Embeds the workspace's `scenarios/*.scn` files into the crate
 //! (`vfio_pm_sim::scenario::BUILTIN`), so that the in-guest runner and the host-side model
-//! run exactly the same scenario text without shipping files.
+//! run exactly the same scenario text without shipping files. `scenarios` in this crate is a
+//! symlink to the workspace's folder, which `cargo package` follows, so the published crate
+//! carries the same files.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
 fn main() {
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let dir = manifest.join("../../scenarios");
+    let dir = manifest.join("scenarios");
     println!("cargo:rerun-if-changed={}", dir.display());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .map(|rd| {
@@ -17,6 +19,13 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
+    if files.is_empty() {
+        println!(
+            "cargo:warning=no scenario files (*.scn) in {}: the model would have no scenarios",
+            dir.display()
+        );
+        std::process::exit(1);
+    }
     let mut out = String::from("&[\n");
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

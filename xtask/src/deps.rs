@@ -26,7 +26,11 @@ pub fn installed(package: &str) -> bool {
 
 /// The packages of [`PACKAGES`] that are not installed.
 pub fn missing() -> Vec<&'static str> {
-    PACKAGES.iter().copied().filter(|p| !installed(p)).collect()
+    missing_of(PACKAGES)
+}
+
+fn missing_of<'a>(packages: &[&'a str]) -> Vec<&'a str> {
+    packages.iter().copied().filter(|p| !installed(p)).collect()
 }
 
 fn apt_get(args: &[&str]) -> Result<String> {
@@ -40,7 +44,13 @@ fn apt_get(args: &[&str]) -> Result<String> {
 /// Installs whatever of [`PACKAGES`] is missing (non-interactive; `apt-get update` once if a
 /// package is not found). Fast no-op when everything is present.
 pub fn ensure() -> Result<()> {
-    let missing = missing();
+    ensure_packages(PACKAGES)
+}
+
+/// Installs whatever of `packages` is missing, like [`ensure`] (other tasks' own host packages,
+/// e.g. debootstrap for the Debian package test).
+pub fn ensure_packages(packages: &[&str]) -> Result<()> {
+    let missing = missing_of(packages);
     if missing.is_empty() {
         return Ok(());
     }
@@ -58,7 +68,7 @@ pub fn ensure() -> Result<()> {
         apt_get(&["update"]).context("apt-get update")?;
         apt_get(&args).context("apt-get install")?;
     }
-    let still = self::missing();
+    let still = missing_of(packages);
     if !still.is_empty() {
         bail!("apt-get reported success but {still:?} are still not installed");
     }

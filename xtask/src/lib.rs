@@ -16,11 +16,14 @@
 //! - [`rootport`]: the laptop topology (`_PR3` on the root port, not the endpoint), one boot
 //!   per kernel.
 //!
-//! Beside the harness, [`fuzz`] builds and runs the `cargo fuzz` targets for a bounded time.
+//! Beside the harness, [`fuzz`] builds and runs the `cargo fuzz` targets for a bounded time,
+//! and [`deb`] builds the Debian package (`cargo xtask deb`) and checks it in a clean Debian
+//! root.
 
 pub mod apt;
 pub mod conformance;
 pub mod console;
+pub mod deb;
 pub mod deps;
 pub mod fuzz;
 pub mod guest;

@@ -1,5 +1,5 @@
-//! `cargo xtask deps | kernels | qemu | conformance | tour | test | fuzz`: see the library
-//! documentation.
+//! `cargo xtask deps | kernels | qemu | conformance | tour | test | fuzz | deb`: see the
+//! library documentation.
 
 use anyhow::{bail, Context, Result};
 use std::time::Duration;
@@ -20,6 +20,8 @@ const USAGE: &str = "usage: cargo xtask <command>
                                run the scenarios in QEMU, compare with the model and
                                write docs/conformance.md (full matrix only; otherwise
                                target/qemu/conformance.md); exit 1 on any difference
+  deb [--check]                build the Debian package (target/debian/); --check: install
+                               it in a clean bookworm root and check it there (root)
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
                                (includes the QEMU test;
                                VFIO_PM_SKIP_QEMU=1 skips it loudly), then every fuzz
@@ -51,6 +53,9 @@ fn main() -> Result<()> {
     let Some((cmd, rest)) = args.split_first() else {
         bail!("{USAGE}");
     };
+    if cmd == "deb" {
+        return xtask::deb::cli(rest);
+    }
     if cmd == "test" {
         // A fresh machine gets its Debian packages (QEMU, acpica-tools, ...) before any test
         // needs them; the kernel images are fetched by the QEMU test itself.

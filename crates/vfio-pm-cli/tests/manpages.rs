@@ -128,3 +128,45 @@ fn completions_into_a_closed_pipe_end_quietly() {
     assert!(err.is_empty(), "{err}");
     assert_eq!(status.code(), Some(0), "{err}");
 }
+
+/// Runs the bash completion function for `words` (the last one being completed) and returns
+/// the candidates; `None` where bash is missing.
+fn bash_complete(script: &std::path::Path, words: &[&str]) -> Option<Vec<String>> {
+    let cword = words.len() - 1;
+    let prev = words[cword - 1];
+    let program = format!(
+        "source {script} || exit 3; spec=$(complete -p vfio-pm) || exit 4; fn=${{spec##* -F }}; \
+         fn=${{fn%% *}}; COMP_WORDS=({words}); COMP_CWORD={cword}; \"$fn\" vfio-pm {cur} {prev}; \
+         printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        script = script.display(),
+        words = words.join(" "),
+        cur = words[cword],
+    );
+    let out = Command::new("bash").args(["-c", &program]).output().ok()?;
+    assert!(out.status.success(), "{out:?}");
+    Some(
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect(),
+    )
+}
+
+#[test]
+fn bash_completes_subcommands_and_their_options() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("vfio-pm.bash");
+    let out = vfio_pm(&["completions", "bash"]);
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(&script, &out.stdout).unwrap();
+    let Some(sub) = bash_complete(&script, &["vfio-pm", "st"]) else {
+        eprintln!("SKIPPED: no bash on this machine");
+        return;
+    };
+    assert_eq!(sub, ["status"]);
+    // A subcommand's own option: broken in clap_complete's raw output for hyphenated names.
+    let opt = bash_complete(&script, &["vfio-pm", "exporter", "--li"]).unwrap();
+    assert_eq!(opt, ["--listen"]);
+    let opt = bash_complete(&script, &["vfio-pm", "doctor", "--no"]).unwrap();
+    assert_eq!(opt, ["--no-open"]);
+}

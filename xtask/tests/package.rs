@@ -1,0 +1,114 @@
+//! The crates are fit for crates.io: `cargo package` of the three library crates succeeds,
+//! verification included (each packaged crate is built from its `.crate` alone; cargo resolves
+//! the not yet published `vfio-pm` for the other two from a local overlay of the crates it just
+//! packaged), and every crate's package carries its README and both license texts, with its
+//! workspace path dependencies turned into version requirements. The command crate's file list
+//! is checked too (its verification build would add a minute of compiling for little more).
+//!
+//! Runs in its own target dir so that the nested cargo never waits for the surrounding
+//! `cargo test`'s lock.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+const LIBRARIES: [&str; 3] = ["vfio-pm", "vfio-pm-sim", "vfio-pm-vmm"];
+
+fn target_dir() -> PathBuf {
+    xtask::workspace_root().join("target").join("package-check")
+}
+
+fn cargo_package(args: &[&str]) -> std::process::Output {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    Command::new(cargo)
+        .current_dir(xtask::workspace_root())
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .env_remove("RUSTFLAGS")
+        // A work tree with uncommitted changes packages what is on disk.
+        .args(["package", "--allow-dirty"])
+        .args(args)
+        .output()
+        .expect("run cargo package")
+}
+
+fn listing(package: &str) -> Vec<String> {
+    let out = cargo_package(&["--list", "-p", package]);
+    assert!(
+        out.status.success(),
+        "cargo package --list -p {package}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn every_crate_package_carries_readme_and_both_licenses() {
+    for package in LIBRARIES.iter().copied().chain(["vfio-pm-cli"]) {
+        let files = listing(package);
+        for want in [
+            "Cargo.toml",
+            "README.md",
+            "LICENSE-APACHE",
+            "LICENSE-BSD",
+            "src/lib.rs",
+        ] {
+            if want == "src/lib.rs" && package == "vfio-pm-cli" {
+                continue;
+            }
+            assert!(
+                files.iter().any(|f| f == want),
+                "{package}: {want} missing from {files:?}"
+            );
+        }
+    }
+    // The model embeds the scenarios at build time: the package must carry every one.
+    let scenarios = std::fs::read_dir(xtask::workspace_root().join("scenarios"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "scn"))
+        })
+        .count();
+    let packaged = listing("vfio-pm-sim")
+        .iter()
+        .filter(|f| f.starts_with("scenarios/") && f.ends_with(".scn"))
+        .count();
+    assert!(scenarios > 0);
+    assert_eq!(packaged, scenarios, "vfio-pm-sim's package lacks scenarios");
+}
+
+#[test]
+fn the_library_crates_package_and_build_from_their_crate_files() {
+    let mut args = Vec::new();
+    for p in LIBRARIES {
+        args.extend(["-p", p]);
+    }
+    let out = cargo_package(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "cargo package {args:?}:\n{stderr}");
+    for p in LIBRARIES {
+        assert!(
+            stderr.contains(&format!("Verifying {p} v")),
+            "{p} was not verified:\n{stderr}"
+        );
+        let krate = target_dir()
+            .join("package")
+            .join(format!("{p}-{}.crate", env!("CARGO_PKG_VERSION")));
+        assert!(krate.is_file(), "{} missing", krate.display());
+    }
+    // Path dependencies became version requirements in the published manifest.
+    let manifest = target_dir()
+        .join("package")
+        .join(format!("vfio-pm-vmm-{}", env!("CARGO_PKG_VERSION")))
+        .join("Cargo.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    assert!(!text.contains("path ="), "{text}");
+    let version = format!("version = \"{}\"", env!("CARGO_PKG_VERSION"));
+    assert!(
+        text.contains("[dependencies.vfio-pm]") && text.contains(&version),
+        "{text}"
+    );
+}
