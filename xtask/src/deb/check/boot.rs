@@ -202,13 +202,10 @@ pub fn credentials(round: &str, status: &str) -> Check {
 /// The options of the mount that is visible at `point` in a /proc/PID/mountinfo (the last
 /// entry for it: later mounts cover earlier ones).
 pub fn mount_options<'a>(mountinfo: &'a str, point: &str) -> Option<&'a str> {
-    mountinfo
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 5 && f[4] == point).then(|| f[5])
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() > 5 && f[4] == point).then(|| f[5])
+    })
 }
 
 /// ProtectSystem=strict and ProtectKernelTunables=yes as the process sees them: `/`, `/sys` and
