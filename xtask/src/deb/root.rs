@@ -139,6 +139,8 @@ impl Root {
     /// A fresh copy of [`pristine`] named `name` under [`roots_dir`] (a previous copy of that
     /// name is removed first).
     pub fn fresh(name: &str) -> Result<Root> {
+        // Also when the cached root exists: systemd-nspawn must be there to use it.
+        crate::deps::ensure_packages(HOST_PACKAGES)?;
         let pristine = pristine()?;
         let path = roots_dir().join(name);
         let logs = roots_dir().join(format!("{name}.logs"));
