@@ -35,6 +35,7 @@ const REQUIRED: &[&str] = &[
     "fish-completion",
     "units-shipped",
     "systemd-analyze-verify-vfio-pm-exporter.service",
+    "libvirt-hook",
     "boot",
     "exporter-default-started",
     "exporter-default-credentials",

@@ -54,6 +54,7 @@ pub fn run(deb: &Path) -> Result<Vec<Check>> {
     checks.push(zsh_completion(&root)?);
     checks.push(fish_completion(&root)?);
     checks.extend(units_verify(&root, &files)?);
+    checks.push(libvirt_hook(&root)?);
     checks.extend(boot::exporter_under_systemd(&root)?);
     Ok(checks)
 }
@@ -220,4 +221,22 @@ fn units_verify(root: &Root, files: &[&str]) -> Result<Vec<Check>> {
         ));
     }
     Ok(checks)
+}
+
+/// The libvirt hook is installed executable in libvirt's hook directory, parses, and leaves a
+/// domain that `vfio-pm qemu print-args` never prepared alone (exit 0, no unit started: there
+/// is no systemd running in this unbooted root to start one).
+fn libvirt_hook(root: &Root) -> Result<Check> {
+    let hook = "/etc/libvirt/hooks/qemu.d/vfio-pm";
+    let ran = sh(
+        root,
+        &format!(
+            "test -x {hook} && sh -n {hook} && {hook} unprepared-domain started begin - </dev/null"
+        ),
+    )?;
+    Ok(check(
+        "libvirt-hook",
+        ran.success() && ran.stdout.trim().is_empty() && ran.stderr.trim().is_empty(),
+        format!("{hook}: {}", ran.describe()),
+    ))
 }
