@@ -43,7 +43,7 @@ fn man_out_writes_one_page_per_command_with_its_options() {
         .map(|c| format!("vfio-pm-{c}.1"))
         .collect();
     want.push("vfio-pm.1".into());
-    let mut have: Vec<String> = std::fs::read_dir(&out_dir)
+    let have: Vec<String> = std::fs::read_dir(&out_dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
