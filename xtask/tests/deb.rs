@@ -67,14 +67,15 @@ fn the_deb_installs_into_clean_bookworm_and_its_exporter_unit_serves_metrics() {
         return;
     }
     let start = Instant::now();
-    let deb = xtask::deb::build().unwrap_or_else(|e| panic!("building the .deb: {e:#}"));
+    let deb = xtask::deb::build_with_root()
+        .unwrap_or_else(|e| panic!("building the .deb or the bookworm root: {e:#}"));
     let built = start.elapsed();
     let checks = xtask::deb::check::run(&deb)
         .unwrap_or_else(|e| panic!("checking {} in a bookworm root: {e:#}", deb.display()));
     let report: Vec<String> = checks.iter().map(ToString::to_string).collect();
     let report = report.join("\n");
     loud(&format!(
-        "{}\n{report}\n(package built in {built:.1?}, checked in {:.1?})",
+        "{}\n{report}\n(package and root ready in {built:.1?}, checked in {:.1?})",
         deb.display(),
         start.elapsed() - built
     ));

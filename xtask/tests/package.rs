@@ -48,6 +48,37 @@ fn listing(package: &str) -> Vec<String> {
         .collect()
 }
 
+/// Cargo unpacks the crates of its local overlay registry into `$CARGO_HOME/registry/src/-HASH/`
+/// (HASH of the overlay's path, which is the same on every run from this work tree) and, as
+/// registry versions never change, reuses an earlier unpacking of the same version: a second
+/// run would verify against the first run's `vfio-pm` sources. Removes those unpackings of this
+/// workspace's crates (local registries are the `-` directories; crates.io's is never touched).
+fn forget_stale_overlay_sources() {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")));
+    let Some(src) = home.map(|h| h.join("registry").join("src")) else {
+        return;
+    };
+    let Ok(registries) = std::fs::read_dir(&src) else {
+        return;
+    };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        for p in LIBRARIES {
+            let dir = registry
+                .path()
+                .join(format!("{p}-{}", env!("CARGO_PKG_VERSION")));
+            if dir.is_dir() {
+                std::fs::remove_dir_all(&dir)
+                    .unwrap_or_else(|e| panic!("removing stale {}: {e}", dir.display()));
+            }
+        }
+    }
+}
+
 #[test]
 fn every_crate_package_carries_readme_and_both_licenses() {
     for package in LIBRARIES.iter().copied().chain(["vfio-pm-cli"]) {
@@ -98,6 +129,7 @@ fn the_library_crates_package_and_build_from_their_crate_files() {
     for p in LIBRARIES {
         let _ = std::fs::remove_file(crate_file(p));
     }
+    forget_stale_overlay_sources();
     let out = cargo_package(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cargo package {args:?}:\n{stderr}");

@@ -96,6 +96,8 @@ pub fn build() -> Result<PathBuf> {
     eprintln!("xtask deb: building {PACKAGE} (release) with {cargo_deb}");
     let st = cargo()
         .args(["build", "--release", "--locked", "-p", PACKAGE])
+        // The package's binary is stripped: line tables would only cost build time.
+        .env("CARGO_PROFILE_RELEASE_DEBUG", "0")
         .status()
         .context("running cargo build")?;
     ensure!(
@@ -165,6 +167,20 @@ pub fn generate_assets(bin: &Path, dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// [`build`] and, at the same time, the cached Debian root of [`root::pristine`] (debootstrap
+/// mostly waits for the network and the disk while cargo uses the CPUs); returns the package.
+pub fn build_with_root() -> Result<PathBuf> {
+    std::thread::scope(|s| {
+        let root = s.spawn(root::pristine);
+        let deb = build();
+        let root = root
+            .join()
+            .map_err(|_| anyhow::anyhow!("the debootstrap thread panicked"))?;
+        root.context("preparing the Debian root")?;
+        deb
+    })
+}
+
 /// `cargo xtask deb [--check]`: builds the package and prints its path; with `--check`, also
 /// installs it in a clean Debian root and runs every check there, failing when one fails.
 pub fn cli(args: &[String]) -> Result<()> {
@@ -173,7 +189,7 @@ pub fn cli(args: &[String]) -> Result<()> {
         [a] if a == "--check" => true,
         other => bail!("usage: cargo xtask deb [--check] (got {other:?})"),
     };
-    let deb = build()?;
+    let deb = if check { build_with_root()? } else { build()? };
     println!("{}", deb.display());
     if check {
         let checks = self::check::run(&deb)?;

@@ -194,11 +194,12 @@ impl Root {
         self.capture(cmd, timeout)
     }
 
-    /// Boots the root (its systemd as PID 1, console on a pipe) and waits until it powers
-    /// itself off or `timeout` passes; the console output is the stdout of the result.
+    /// Boots the root (its systemd as PID 1) and waits until it powers itself off or
+    /// `timeout` passes; the console output is the stdout of the result (a read-only pseudo
+    /// terminal: on a plain pipe systemd prints no boot status).
     pub fn boot(&self, timeout: Duration) -> Result<Ran> {
         let mut cmd = self.nspawn(&[]);
-        cmd.args(["--boot", "--console=pipe"]);
+        cmd.args(["--boot", "--console=read-only", "--setenv=SYSTEMD_COLORS=0"]);
         self.capture(cmd, timeout)
     }
 

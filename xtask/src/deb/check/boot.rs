@@ -97,21 +97,21 @@ pub fn exporter_under_systemd(root: &Root) -> Result<Vec<Check>> {
     let after = host_power_states(sysfs);
     let out = root.host_path(OUT);
     let done = out.join("done").is_file();
-    let console_tail: Vec<&str> = ran.stdout.lines().rev().take(25).collect();
-    let mut checks = vec![check(
-        "boot",
-        done && ran.success(),
+    let booted = done && ran.success();
+    let status = ran
+        .status
+        .map_or("killed at the timeout".into(), |s| s.to_string());
+    let detail = if booted {
+        format!("booted, ran the check unit and powered off by itself: {status}")
+    } else {
+        let tail: Vec<&str> = ran.stdout.lines().rev().take(30).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
         format!(
-            "booted, ran the check unit and powered off by itself: {} (console tail: {})",
-            ran.status
-                .map_or("killed at the timeout".into(), |s| s.to_string()),
-            console_tail
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join(" | ")
-        ),
-    )];
+            "{status}; results complete: {done}; console tail:\n{}",
+            tail.join("\n")
+        )
+    };
+    let mut checks = vec![check("boot", booted, detail)];
     if !done {
         return Ok(checks);
     }
