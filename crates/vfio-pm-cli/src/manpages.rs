@@ -104,8 +104,13 @@ pub fn man(cmd: clap::Command, args: ManArgs) -> Result<ExitCode> {
         }
         Some(dir) => {
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for page in &pages {
-                let path = write_page(&dir, page)?;
+            // Every page first, the list after: a reader that stops early (`| head -1`) must
+            // not leave the directory half written.
+            let paths = pages
+                .iter()
+                .map(|page| write_page(&dir, page))
+                .collect::<Result<Vec<_>>>()?;
+            for path in paths {
                 crate::outln!("{}", path.display())?;
             }
         }

@@ -176,3 +176,18 @@ fn bash_completes_subcommands_and_their_options() {
     let opt = bash_complete(&script, &["vfio-pm", "doctor", "--no"]).unwrap();
     assert_eq!(opt, ["--no-open"]);
 }
+
+#[test]
+fn man_out_into_a_closed_pipe_still_writes_every_page() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vfio-pm"))
+        .args(["man", "--out"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    assert!(child.wait().unwrap().success());
+    let pages = std::fs::read_dir(dir.path()).unwrap().count();
+    assert!(pages > subcommands().len(), "only {pages} pages");
+}
