@@ -107,7 +107,7 @@ impl FakeSysfs {
         };
         let dir = parent_dir.join(d.address.to_string());
         std::fs::create_dir_all(dir.join("power"))?;
-        let w = |rel: &str, v: String| std::fs::write(dir.join(rel), v + "\n");
+        let w = |rel: &str, v: String| replace_file(&dir.join(rel), (v + "\n").as_bytes());
         w("vendor", format!("0x{:04x}", d.vendor))?;
         w("device", format!("0x{:04x}", d.device))?;
         w("class", format!("0x{:06x}", d.class))?;
@@ -117,7 +117,7 @@ impl FakeSysfs {
         w("power/runtime_active_time", d.active_ms.to_string())?;
         w("power/runtime_suspended_time", d.suspended_ms.to_string())?;
         w("d3cold_allowed", u8::from(d.d3cold_allowed).to_string())?;
-        std::fs::write(dir.join("config"), [0u8; 64])?;
+        replace_file(&dir.join("config"), &[0u8; 64])?;
         relink(
             &dir.join("driver"),
             d.driver.as_ref().map(|drv| {
@@ -169,12 +169,28 @@ impl FakeSysfs {
     }
 }
 
+/// Replaces `path`'s content in one step (a new file renamed over it), so that a reader polling
+/// the tree (watch, the exporter) never sees it empty or half written, as it never does in
+/// sysfs.
+fn replace_file(path: &Path, content: &[u8]) -> io::Result<()> {
+    let tmp = path.with_extension("fake-sysfs-new");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Points `link` at `target` (none: removes it). An unchanged link is left alone and a changed
+/// one is replaced in one step, so that a reader never sees a bound device unbound for a moment.
 fn relink(link: &Path, target: Option<PathBuf>) -> io::Result<()> {
-    if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(link)?;
-    }
+    let current = std::fs::read_link(link).ok();
     match target {
-        Some(t) => std::os::unix::fs::symlink(t, link),
+        Some(t) if current.as_deref() == Some(t.as_path()) => Ok(()),
+        Some(t) => {
+            let tmp = link.with_extension("fake-sysfs-new");
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(t, &tmp)?;
+            std::fs::rename(&tmp, link)
+        }
+        None if link.symlink_metadata().is_ok() => std::fs::remove_file(link),
         None => Ok(()),
     }
 }
