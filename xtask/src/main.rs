@@ -22,6 +22,9 @@ const USAGE: &str = "usage: cargo xtask <command>
                                target/qemu/conformance.md); exit 1 on any difference
   deb [--check]                build the Debian package (target/debian/); --check: install
                                it in a clean bookworm root and check it there (root)
+  nested [--kernel 6.1|6.12|all]
+                               a real host kernel in QEMU running the machine's QEMU
+                               with a real guest on the passed-through device
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
                                (includes the QEMU test;
                                VFIO_PM_SKIP_QEMU=1 skips it loudly), then every fuzz
@@ -180,6 +183,23 @@ fn main() -> Result<()> {
             let doc = xtask::tour::document(&summary)?;
             std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
+        }
+        "nested" => {
+            // `--kernel all` (the default) means the kernels the nested harness boots.
+            let kernels: Vec<KernelSeries> = opts
+                .kernels
+                .iter()
+                .copied()
+                .filter(|k| opts.kernels.len() == 1 || xtask::nested::NESTED_KERNELS.contains(k))
+                .collect();
+            let summary = xtask::nested::run(&xtask::nested::NestedOptions {
+                kernels,
+                ..Default::default()
+            })?;
+            println!("{summary}");
+            if !summary.all_passed() {
+                std::process::exit(1);
+            }
         }
         "-h" | "--help" | "help" => println!("{USAGE}"),
         other => bail!("unknown command {other:?}\n{USAGE}"),
