@@ -522,7 +522,7 @@ mod tests {
             argv: vec!["qemu-system-x86_64".into()],
             timeout: Duration::from_secs(10),
             adopt: true,
-            l2_trap: "/tmp/t".into(),
+            l2_trap: Some("/tmp/t".into()),
             expect,
         }
     }

@@ -13,8 +13,9 @@
 //!   L1's `/tmp`); phase `nested-guest` holds it idle in D3cold for a window.
 //!
 //! One L1 boot per kernel runs every [`NestedRun`] of [`NestedOptions::runs`] in turn, so a new
-//! check is a new run (a command line and its [`Expect`]ations), not a new boot. The first run
-//! is the CONTROL: stock QEMU, no agent, which must show L2 in D3cold and L1 never cut power.
+//! check is a new run (a command line and its [`Expect`]ations, one entry of [`RUNS`]), not a
+//! new boot. The CONTROL run ([`control_run`]): stock QEMU, no agent, which must show L2 in
+//! D3cold and L1 never cut power. [`agent_run`]: the same under `vfio-pm qemu`.
 //!
 //! Every file L1 or L2 needs lives under [`crate::qemu_dir`] (the worktree's `target/`), never
 //! under the machine's `/tmp`, which L1 hides behind its own tmpfs.
@@ -46,8 +47,8 @@ pub const L2_IDLE_SECS: u64 = 8;
 pub struct NestedOptions {
     /// Kernels, one L1 boot each (L1 and L2 run the same kernel).
     pub kernels: Vec<KernelSeries>,
-    /// Builds the runs of one L1 boot from the prepared files.
-    pub runs: fn(&Prepared) -> Vec<NestedRun>,
+    /// The runs of each L1 boot, by name (see [`RUNS`]), in order.
+    pub runs: Vec<String>,
 }
 
 /// The kernels the nested harness boots (as L1 and L2): Debian 12's two series, whose image
@@ -58,7 +59,7 @@ impl Default for NestedOptions {
     fn default() -> Self {
         Self {
             kernels: NESTED_KERNELS.to_vec(),
-            runs: default_runs,
+            runs: DEFAULT_RUNS.iter().map(|r| r.to_string()).collect(),
         }
     }
 }
@@ -89,19 +90,29 @@ pub struct NestedRun {
     /// After L2's idle window, take a second fd for the device from the process holding its
     /// group (vfio-pm's `adopt`), probe it and close it; checks that the holder keeps running.
     pub adopt: bool,
-    /// L2's trap capture, a path in L1's `/tmp`.
-    pub l2_trap: String,
+    /// L2's trap capture (a path in L1's `/tmp`), when the run gives L2 the harness's SSDT.
+    pub l2_trap: Option<String>,
     /// What must be observed.
     pub expect: Vec<Expect>,
 }
 
 impl NestedRun {
-    /// A run of stock QEMU in L1 starting L2 (`wrapper` goes before `qemu-system-x86_64`, e.g.
-    /// `[cli, "qemu", "--"]` for a run under the agent).
+    /// A run of stock QEMU in L1 starting L2 with the harness's SSDT for L2 and its trap
+    /// capture (`wrapper` goes before `qemu-system-x86_64`).
     pub fn l2(name: &str, prep: &Prepared, wrapper: &[String], expect: Vec<Expect>) -> Self {
         let l2_trap = format!("/tmp/{name}-l2-trap.log");
         let mut argv = wrapper.to_vec();
-        argv.extend(l2_qemu_argv(prep, &l2_trap));
+        argv.extend(l2_qemu_argv(prep));
+        argv.extend(l2_table_args(prep, &l2_trap));
+        Self {
+            l2_trap: Some(l2_trap),
+            ..Self::bare(name, argv, expect)
+        }
+    }
+
+    /// A run of `argv` (e.g. `[cli, "qemu", "--state-dir", "/tmp/x", "--"]` followed by
+    /// [`l2_qemu_argv`]: the agent adds its own SSDT and trap).
+    pub fn bare(name: &str, argv: Vec<String>, expect: Vec<Expect>) -> Self {
         Self {
             name: name.into(),
             argv,
@@ -109,7 +120,7 @@ impl NestedRun {
             // times slower.
             timeout: Duration::from_secs(600),
             adopt: false,
-            l2_trap,
+            l2_trap: None,
             expect,
         }
     }
@@ -141,19 +152,69 @@ pub fn control_run(prep: &Prepared) -> NestedRun {
     }
 }
 
-/// The runs of every boot: the control run (the agent's runs are added here).
-pub fn default_runs(prep: &Prepared) -> Vec<NestedRun> {
-    vec![control_run(prep)]
+/// A run under the agent: `vfio-pm qemu` around stock QEMU, which adds its own SSDT, doorbell
+/// and mailbox. L2 must behave as in the control run while L1 now reaches D3cold.
+pub fn agent_run(prep: &Prepared) -> NestedRun {
+    let mut argv: Vec<String> = [
+        prep.cli.display().to_string(),
+        "qemu".into(),
+        // /run is on the read-only share in L1; /tmp is L1's tmpfs.
+        "--state-dir".into(),
+        "/tmp/vfio-pm-agent".into(),
+        "--".into(),
+    ]
+    .to_vec();
+    argv.extend(l2_qemu_argv(prep));
+    NestedRun::bare(
+        "agent",
+        argv,
+        vec![
+            Expect::L2Passed,
+            Expect::Exit(0),
+            Expect::L1IdleAll("D3cold suspended".into()),
+            Expect::L1IdleD3ColdShare { min: 1.0, max: 1.0 },
+            Expect::L1Offs {
+                window: TrapWindow::UntilIdleEnd,
+                min: 1,
+                max: 8,
+            },
+        ],
+    )
+}
+
+/// Builds one run for a boot's prepared files.
+pub type RunBuilder = fn(&Prepared) -> NestedRun;
+
+/// Every run the harness knows, by name.
+pub const RUNS: &[(&str, RunBuilder)] = &[("control", control_run), ("agent", agent_run)];
+
+/// The runs of every boot in CI.
+pub const DEFAULT_RUNS: &[&str] = &["control"];
+
+/// The runs named in `names`, built for `prep`.
+pub fn runs_for(names: &[String], prep: &Prepared) -> Result<Vec<NestedRun>> {
+    names
+        .iter()
+        .map(|n| {
+            RUNS.iter()
+                .find(|(name, _)| name == n)
+                .map(|(_, build)| build(prep))
+                .with_context(|| {
+                    let known: Vec<&str> = RUNS.iter().map(|(n, _)| *n).collect();
+                    format!("unknown nested run {n:?} (known: {known:?})")
+                })
+        })
+        .collect()
 }
 
 /// L1's QEMU command line for L2 (after the wrapper): q35 TCG, a virtual IOMMU with
 /// `caching-mode=on` (so that L2's vfio-pci can bind an assigned device), the device at
-/// [`L2_DEVICE`] (`rombar=0`: the e1000e's iPXE option ROM only costs boot time), L2's SSDT
-/// and its trap on isa-debugcon into `trap_log`.
-pub fn l2_qemu_argv(prep: &Prepared, trap_log: &str) -> Vec<String> {
-    let port = ssdt::trap_port().unwrap_or(0x440);
+/// [`L2_DEVICE`] (`rombar=0`: the e1000e's iPXE option ROM only costs boot time); no ACPI
+/// table (see [`l2_table_args`]).
+pub fn l2_qemu_argv(prep: &Prepared) -> Vec<String> {
+    // no_timer_check: like L1 (crate::qemu), a slow TCG guest can fail the IO-APIC timer check.
     let append = format!(
-        "console=ttyS0 intel_iommu=on panic=-1 quiet vfiopm.platform=d3cold \
+        "console=ttyS0 intel_iommu=on panic=-1 no_timer_check quiet vfiopm.platform=d3cold \
          vfiopm.phases=nested-guest vfiopm.device={L2_DEVICE} vfiopm.idle={L2_IDLE_SECS}"
     );
     let s = |x: &str| x.to_string();
@@ -181,6 +242,15 @@ pub fn l2_qemu_argv(prep: &Prepared, trap_log: &str) -> Vec<String> {
         prep.l2_initrd.display().to_string(),
         s("-append"),
         append,
+    ]
+}
+
+/// The harness's SSDT for L2 and its trap on isa-debugcon into `trap_log` (for runs without
+/// an agent, which would add its own).
+pub fn l2_table_args(prep: &Prepared, trap_log: &str) -> Vec<String> {
+    let port = ssdt::trap_port().unwrap_or(0x440);
+    let s = |x: &str| x.to_string();
+    vec![
         s("-acpitable"),
         format!("file={}", prep.l2_ssdt.display()),
         s("-device"),
@@ -317,7 +387,7 @@ pub fn run(opts: &NestedOptions) -> Result<NestedSummary> {
         ..Default::default()
     };
     for (prep, l1_initrd) in preps {
-        let runs = (opts.runs)(&prep);
+        let runs = runs_for(&opts.runs, &prep)?;
         let run_dir = dir.join("runs").join(&prep.kernel.release);
         std::fs::create_dir_all(&run_dir)?;
         let plan = run_dir.join("plan.json");
