@@ -287,7 +287,7 @@ fn load_cached(series: KernelSeries, package: &str, dir: &Path) -> Option<Kernel
     )
 }
 
-fn find_seeded_deb(package: &str) -> Option<PathBuf> {
+pub(crate) fn find_seeded_deb(package: &str) -> Option<PathBuf> {
     let dir = std::env::var_os(DEBS_ENV)?;
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
@@ -304,7 +304,7 @@ fn is_deb_of(path: &Path, package: &str) -> bool {
         .is_some_and(|n| n.starts_with(&format!("{package}_")) && n.ends_with(".deb"))
 }
 
-fn download(series: KernelSeries, package: &str, into: &Path) -> Result<PathBuf> {
+pub(crate) fn download(series: KernelSeries, package: &str, into: &Path) -> Result<PathBuf> {
     std::fs::create_dir_all(into)?;
     // Let apt's sandbox user write there (else apt warns and downloads unsandboxed as root).
     let _ = Command::new("chmod").arg("0777").arg(into).status();

@@ -15,6 +15,8 @@
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
 //! - [`rootport`]: the laptop topology (`_PR3` on the root port, not the endpoint), one boot
 //!   per kernel.
+//! - [`nested`]: a real host kernel (L1) in QEMU running the machine's QEMU with a real guest
+//!   (L2) on the passed-through device (`cargo xtask nested`).
 //!
 //! Beside the harness, [`fuzz`] builds and runs the `cargo fuzz` targets for a bounded time,
 //! and [`deb`] builds the Debian package (`cargo xtask deb`) and checks it in a clean Debian
@@ -29,6 +31,7 @@ pub mod fuzz;
 pub mod guest;
 pub mod harness;
 pub mod kernels;
+pub mod nested;
 pub mod qemu;
 pub mod rootport;
 pub mod ssdt;

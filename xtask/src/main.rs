@@ -22,6 +22,9 @@ const USAGE: &str = "usage: cargo xtask <command>
                                target/qemu/conformance.md); exit 1 on any difference
   deb [--check]                build the Debian package (target/debian/); --check: install
                                it in a clean bookworm root and check it there (root)
+  nested [--kernel 6.1|6.12|all] [--runs control,agent]
+                               a real host kernel in QEMU running the machine's QEMU
+                               with a real guest on the passed-through device
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
                                (includes the QEMU test;
                                VFIO_PM_SKIP_QEMU=1 skips it loudly), then every fuzz
@@ -84,6 +87,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut opts = Options::default();
+    let mut nested_runs = xtask::nested::NestedOptions::default().runs;
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -99,6 +103,7 @@ fn main() -> Result<()> {
                 opts.phases = value()?.split(',').map(str::to_string).collect()
             }
             "--idle-d3" => opts.idle_d3 = value()?.parse()?,
+            "--runs" => nested_runs = value()?.split(',').map(str::to_string).collect(),
             "--timeout" => {
                 opts.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
             }
@@ -180,6 +185,23 @@ fn main() -> Result<()> {
             let doc = xtask::tour::document(&summary)?;
             std::fs::write(&path, doc).with_context(|| format!("writing {}", path.display()))?;
             println!("wrote {}", path.display());
+        }
+        "nested" => {
+            // `--kernel all` (the default) means the kernels the nested harness boots.
+            let kernels: Vec<KernelSeries> = opts
+                .kernels
+                .iter()
+                .copied()
+                .filter(|k| opts.kernels.len() == 1 || xtask::nested::NESTED_KERNELS.contains(k))
+                .collect();
+            let summary = xtask::nested::run(&xtask::nested::NestedOptions {
+                kernels,
+                runs: nested_runs,
+            })?;
+            println!("{summary}");
+            if !summary.all_passed() {
+                std::process::exit(1);
+            }
         }
         "-h" | "--help" | "help" => println!("{USAGE}"),
         other => bail!("unknown command {other:?}\n{USAGE}"),

@@ -182,7 +182,8 @@ pub fn boot(spec: &BootSpec) -> Result<BootOutcome> {
     boot_with(spec, &[])
 }
 
-/// As [`boot`], with `extra` QEMU arguments after the harness's own (more devices, `-global`).
+/// As [`boot`], with `extra` QEMU arguments after the harness's own (more devices, `-global`;
+/// QEMU takes the last `-m`/`-smp`).
 pub fn boot_with(spec: &BootSpec, extra: &[String]) -> Result<BootOutcome> {
     let _ = std::fs::remove_file(&spec.trap_log);
     let start = Instant::now();

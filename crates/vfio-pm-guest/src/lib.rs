@@ -16,6 +16,7 @@ pub mod cli;
 pub mod context;
 pub mod controller;
 pub mod interfaces;
+pub mod nested;
 pub mod rebind;
 pub mod report;
 pub mod scenarios;
@@ -35,6 +36,8 @@ pub const PHASES: &[Phase] = &[
     ("controller", controller::run),
     ("idle-d3-rebind", rebind::run),
     ("tour", tour::run),
+    ("nested", nested::run),
+    ("nested-guest", nested::l2::run),
 ];
 
 /// Runs the phases selected by `args` and the kernel command line, prints the results and

@@ -9,9 +9,10 @@
 //! (it counts opens; see docs/kernel-behaviour.md), so the VMM's own fd stays valid, and the
 //! low-power feature calls on the new fd act on the one device both fds refer to.
 //!
-//! The fd found under `/proc/PID/fd` is the group node whose number is the device's
-//! `iommu_group` in sysfs: the device is never guessed from fd order (on 6.1 and 6.12 a device
-//! fd names no device in its fdinfo).
+//! The fd taken is the one under `/proc/PID/fd` that refers to the group node `/dev/vfio/N`, N
+//! being the device's `iommu_group` in sysfs, compared by device number (a VMM in a chroot shows
+//! other link text, e.g. `/host/dev/vfio/N`): the device is never guessed from fd order (on 6.1
+//! and 6.12 a device fd names no device in its fdinfo).
 //!
 //! ```no_run
 //! use vfio_pm::adopt::{adopt_device, AdoptError};
@@ -145,9 +146,29 @@ pub fn iommu_group(sysfs: &Sysfs, address: PciAddress) -> Result<u32, AdoptError
     }
 }
 
-/// The fd numbers under `proc_root/PID/fd` whose link points at `target`, in ascending order.
+/// The identity of an open file: a device node is the same device whatever path names it
+/// (a VMM in a chroot or another mount namespace shows `/proc/PID/fd` links that do not read
+/// `/dev/vfio/N` from here), any other file is its inode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FileId {
+    CharDevice(u64),
+    Inode(u64, u64),
+}
+
+fn file_id(meta: &std::fs::Metadata) -> FileId {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    if meta.file_type().is_char_device() {
+        FileId::CharDevice(meta.rdev())
+    } else {
+        FileId::Inode(meta.dev(), meta.ino())
+    }
+}
+
+/// The fd numbers under `proc_root/PID/fd` that refer to the file `target` names (compared by
+/// device number for a device node, else by inode, not by the link's text), ascending.
 ///
-/// Errors: the process does not exist, or its fd table is not readable (ptrace rights).
+/// Errors: the process does not exist, or its fd table is not readable (ptrace rights). A
+/// `target` that does not exist is held by nobody: an empty list.
 pub fn fds_linking_to(proc_root: &Path, pid: u32, target: &Path) -> Result<Vec<RawFd>, AdoptError> {
     let dir = proc_root.join(pid.to_string()).join("fd");
     let entries = std::fs::read_dir(&dir).map_err(|e| match io_errno(&e) {
@@ -158,14 +179,17 @@ pub fn fds_linking_to(proc_root: &Path, pid: u32, target: &Path) -> Result<Vec<R
             errno,
         },
     })?;
+    let Ok(want) = std::fs::metadata(target).map(|m| file_id(&m)) else {
+        return Ok(Vec::new());
+    };
     let mut fds: Vec<RawFd> = entries
         .take(MAX_FDS_SCANNED)
         .filter_map(Result::ok)
         .filter_map(|e| {
             let fd: RawFd = e.file_name().to_str()?.parse().ok()?;
-            // A fd closed since the listing has no link any more: skip it.
-            let link = std::fs::read_link(e.path()).ok()?;
-            (link == target).then_some(fd)
+            // Follows the magic link to the open file; a fd closed since the listing is skipped.
+            let meta = std::fs::metadata(e.path()).ok()?;
+            (file_id(&meta) == want).then_some(fd)
         })
         .collect();
     fds.sort_unstable();
@@ -313,7 +337,7 @@ mod tests {
     }
 
     #[test]
-    fn finds_this_process_fd_by_its_link_target() {
+    fn finds_this_process_fd_by_the_file_it_refers_to() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("node");
         let file = std::fs::File::create(&path).unwrap();
@@ -325,6 +349,16 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        // The same file under another name (a VMM in a chroot sees other paths): found.
+        let alias = dir.path().join("alias");
+        std::fs::hard_link(&path, &alias).unwrap();
+        assert!(fds_linking_to(Path::new("/proc"), me(), &alias)
+            .unwrap()
+            .contains(&file.as_raw_fd()));
+        // A device node is matched by its device number, whatever the path.
+        let null = std::fs::File::open("/dev/null").unwrap();
+        let fds = fds_linking_to(Path::new("/proc"), me(), Path::new("/dev/null")).unwrap();
+        assert!(fds.contains(&null.as_raw_fd()));
     }
 
     #[test]

@@ -1,0 +1,95 @@
+//! The `nested-guest` phase: runs in L2, the guest that L1's QEMU starts, with the passed-through
+//! device bound to vfio-pci (which runtime-suspends it) and an SSDT giving it `_PR0`/`_PR3`.
+//!
+//! Steps, each a check, with the idle window announced on the console so that L1 (which
+//! forwards these lines) and L0 (which marks its trap capture there) can measure what the host
+//! did meanwhile:
+//! 1. the idle device reaches D3cold suspended (`l2-idle-d3cold`);
+//! 2. `VFIOPM INFO nested idle-begin`, the device stays D3cold for the window
+//!    (`vfiopm.idle=SECS`, default [`DEFAULT_IDLE`]), `VFIOPM INFO nested idle-end`
+//!    (`l2-idle-held`);
+//! 3. a config space read (as `lspci -xxx` does) resumes it and it suspends to D3cold again
+//!    (`l2-config-read-resuspends`).
+
+use crate::checks::{observe_stable, wait_suspended};
+use crate::context::{cmdline_value, Ctx};
+use crate::report::Reporter;
+use std::time::{Duration, Instant};
+use vfio_pm::{PowerState, RuntimeStatus};
+
+/// The idle window when the kernel command line names none.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(8);
+
+/// The longest idle window accepted (the harness's timeouts assume short windows).
+pub const MAX_IDLE: Duration = Duration::from_secs(120);
+
+/// How long a suspend may take in L2 (nested TCG is slow: a second is common).
+const SUSPEND_LIMIT: Duration = Duration::from_secs(30);
+
+/// The console value of the `nested` INFO key at the start of the idle window.
+pub const IDLE_BEGIN: &str = "idle-begin";
+/// ... and at its end.
+pub const IDLE_END: &str = "idle-end";
+
+fn idle_window() -> Duration {
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    cmdline_value(&cmdline, "vfiopm.idle")
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(DEFAULT_IDLE)
+        .min(MAX_IDLE)
+}
+
+/// Runs the phase.
+pub fn run(ctx: &Ctx, r: &mut Reporter) {
+    let sys = match ctx.sysfs.device(ctx.device) {
+        Ok(d) => d,
+        Err(e) => {
+            r.check("l2-device", false, e);
+            return;
+        }
+    };
+    let d3cold = |o: &vfio_pm::PowerObservation| {
+        o.power_state == PowerState::D3Cold && o.runtime_status == RuntimeStatus::Suspended
+    };
+    let (first, took) = wait_suspended(&sys, SUSPEND_LIMIT);
+    let ok = first.as_ref().is_ok_and(d3cold);
+    r.check(
+        "l2-idle-d3cold",
+        ok,
+        format!("{first:?} after {took:.1?} (want D3cold suspended)"),
+    );
+    if !ok {
+        return;
+    }
+    let window = idle_window();
+    r.info("nested", IDLE_BEGIN);
+    let start = Instant::now();
+    let mut samples = 0u32;
+    let mut other = Vec::new();
+    while start.elapsed() < window {
+        std::thread::sleep(Duration::from_millis(250));
+        samples += 1;
+        match observe_stable(&sys) {
+            Ok(o) if d3cold(&o) => {}
+            o => other.push(format!("{:.1?}: {o:?}", start.elapsed())),
+        }
+    }
+    r.info("nested", IDLE_END);
+    r.check(
+        "l2-idle-held",
+        other.is_empty(),
+        format!(
+            "{samples} samples over {window:?}, {} not D3cold suspended {:?}",
+            other.len(),
+            &other[..other.len().min(3)]
+        ),
+    );
+    let read = sys.read_config().map(|c| c.len());
+    let (after, took) = wait_suspended(&sys, SUSPEND_LIMIT);
+    r.check(
+        "l2-config-read-resuspends",
+        read.as_ref().is_ok_and(|n| *n >= 64) && after.as_ref().is_ok_and(d3cold),
+        format!("config read {read:?}, then {after:?} after {took:.1?}"),
+    );
+}
