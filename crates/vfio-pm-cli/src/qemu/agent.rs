@@ -483,6 +483,10 @@ pub fn run(
         l.kernel_checks();
     }
     let wall = controlled_since.elapsed();
+    // Read before shutdown, which removes the devices from the controller.
+    let stats: Vec<_> = (0..hosts.len())
+        .map(|i| l.vpm.stats(Slot(i as u32)).unwrap_or_default())
+        .collect();
     let report = l.vpm.shutdown();
     l.flush_events();
     if !report.failed.is_empty() {
@@ -492,7 +496,7 @@ pub fn run(
         );
     }
     for (i, host) in hosts.iter().enumerate() {
-        let stats = l.vpm.stats(Slot(i as u32)).unwrap_or_default();
+        let stats = stats[i];
         let kernel_suspended = match (suspended_at_start[i], kernel_suspended_ms(sysfs, *host)) {
             (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
             _ => None,

@@ -9,7 +9,14 @@
 //!    (`vfiopm.idle=SECS`, default [`DEFAULT_IDLE`]), `VFIOPM INFO nested idle-end`
 //!    (`l2-idle-held`);
 //! 3. a config space read (as `lspci -xxx` does) resumes it and it suspends to D3cold again
-//!    (`l2-config-read-resuspends`).
+//!    (`l2-config-read-resuspends`);
+//! 4. the device is resumed for use (`power/control` = `on`: the kernel runs `_ON` and then
+//!    writes PMCSR D0) and its BAR0 is read through a mapping of `resource0`, as a driver's
+//!    first register access would (`l2-bar-read-after-resume`). Under `vfio-pm qemu` that access
+//!    reaches L1's device through QEMU's mapping of the BAR: if `_ON` returned before the host's
+//!    LOW_POWER_EXIT, the kernel would answer SIGBUS and QEMU would die. The time from the
+//!    write of `on` to `active` is the guest's view of the `_ON` round trip
+//!    (`nested resume-ms`).
 
 use crate::checks::{observe_stable, wait_suspended};
 use crate::context::{cmdline_value, Ctx};
@@ -91,5 +98,78 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         "l2-config-read-resuspends",
         read.as_ref().is_ok_and(|n| *n >= 64) && after.as_ref().is_ok_and(d3cold),
         format!("config read {read:?}, then {after:?} after {took:.1?}"),
+    );
+    bar_after_resume(&sys, r);
+}
+
+/// Reads the first register of BAR0 through an mmap of the sysfs `resource0` file.
+fn read_bar0(sys: &vfio_pm::SysfsDevice) -> Result<u32, String> {
+    use std::num::NonZeroUsize;
+    let path = sys.dir().join("resource0");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let len = NonZeroUsize::new(4096).ok_or("page size")?;
+    // SAFETY: FFI. A new shared mapping of the device's BAR0 at an address the kernel chooses;
+    // read once with read_volatile below and unmapped before returning.
+    let ptr = unsafe {
+        nix::sys::mman::mmap(
+            None,
+            len,
+            nix::sys::mman::ProtFlags::PROT_READ,
+            nix::sys::mman::MapFlags::MAP_SHARED,
+            &file,
+            0,
+        )
+    }
+    .map_err(|e| format!("mmap {}: {e}", path.display()))?;
+    // SAFETY: `ptr` is the start of a readable 4096-byte mapping (page-aligned, so 4-byte
+    // aligned) made just above.
+    let value = unsafe { std::ptr::read_volatile(ptr.as_ptr() as *const u32) };
+    // SAFETY: FFI; the mapping made above, unmapped once and not used afterwards.
+    let _ = unsafe { nix::sys::mman::munmap(ptr, 4096) };
+    Ok(value)
+}
+
+/// Step 4: resume for use, then a BAR access; then back to automatic runtime PM.
+fn bar_after_resume(sys: &vfio_pm::SysfsDevice, r: &mut Reporter) {
+    let start = Instant::now();
+    if let Err(e) = sys.write("power/control", "on") {
+        r.check(
+            "l2-bar-read-after-resume",
+            false,
+            format!("power/control = on: {e}"),
+        );
+        return;
+    }
+    let active = loop {
+        match sys.observe() {
+            Ok(o)
+                if o.runtime_status == RuntimeStatus::Active && o.power_state == PowerState::D0 =>
+            {
+                break true
+            }
+            _ if start.elapsed() > SUSPEND_LIMIT => break false,
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    let resume = start.elapsed();
+    r.info("nested", format!("resume-ms {}", resume.as_millis()));
+    let value = read_bar0(sys);
+    r.check(
+        "l2-bar-read-after-resume",
+        active && value.as_ref().is_ok_and(|v| *v != u32::MAX),
+        format!("D0 active after {resume:.1?}: {active}; BAR0[0] = {value:x?}"),
+    );
+    let _ = sys.write("power/control", "auto");
+    let (after, took) = wait_suspended(sys, SUSPEND_LIMIT);
+    r.check(
+        "l2-suspends-after-use",
+        after
+            .as_ref()
+            .is_ok_and(|o| o.runtime_status == RuntimeStatus::Suspended),
+        format!("{after:?} after {took:.1?}"),
     );
 }
