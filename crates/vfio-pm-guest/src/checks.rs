@@ -206,6 +206,22 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(r, "open-d0-active", observe_stable(&sys), d0_active(), "");
     crate::interfaces::fdinfo_names_device(ctx, r, &dev);
 
+    probe_and_get(r, &dev);
+    entry_and_exit(ctx, r, &dev, &sys);
+    malformed(r, &dev, &sys);
+    malformed_wakeup(r, &dev, &sys);
+    wakeup_host_config_read(ctx, r, &dev, &sys);
+    wakeup_config_pread(ctx, r, &dev, &sys);
+    wakeup_exit(ctx, r, &dev, &sys);
+    entry_host_config_read(ctx, r, &dev, &sys);
+
+    close_while_engaged(ctx, r, &mut dev, &sys);
+    drop(dev);
+    close_while_armed(ctx, r, &sys);
+}
+
+/// Probing every low-power feature, and GET (which none of them supports).
+fn probe_and_get(r: &mut Reporter, dev: &KernelDevice) {
     // Probing and GET.
     let all = Support {
         entry: true,
@@ -222,7 +238,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     }
     let got = dev.device_feature(HEADER_SIZE, FLAG_GET | ENTRY, &[]);
     expect_errno(r, "get-3-einval", got, Errno::EINVAL);
+}
 
+/// Plain ENTRY, ENTRY again (already engaged), EXIT, EXIT again; EXIT first is a no-op.
+fn entry_and_exit(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
+    let p = ctx.platform;
     // EXIT without entry is a no-op.
     let got = dev.exit_low_power();
     r.check("exit-without-entry-ok", got.is_ok(), format!("{got:?}"));
@@ -230,7 +250,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     // Plain ENTRY / again / EXIT / again.
     let got = dev.enter_low_power();
     r.check("entry-ok", got.is_ok(), format!("{got:?}"));
-    let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+    let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
     expect_obs(
         r,
         "entry-suspends",
@@ -254,15 +274,18 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "exit-d0-active",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
     let got = dev.exit_low_power();
     r.check("exit-again-ok", got.is_ok(), format!("{got:?}"));
+}
 
+/// Malformed requests are refused and change nothing.
+fn malformed(r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
     // Malformed requests.
-    reset_state(&dev);
+    reset_state(dev);
     let got = dev.device_feature(4, FLAG_SET | ENTRY, &[]);
     expect_errno(r, "argsz-4-einval", got, Errno::EINVAL);
     let got = dev.device_feature(HEADER_SIZE, FLAG_SET | ENTRY | (1 << 20), &[]);
@@ -272,11 +295,14 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "malformed-no-state-change",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
+}
 
+/// Malformed WITH_WAKEUP requests (bad fds, short payload) are refused and change nothing.
+fn malformed_wakeup(r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
     // Malformed WITH_WAKEUP requests.
     let wz = HEADER_SIZE + WAKEUP_PAYLOAD_SIZE;
     let got = dev.device_feature(wz, FLAG_SET | WAKEUP, &feature::wakeup_payload(-1));
@@ -307,22 +333,21 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "wakeup-malformed-no-state-change",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
+}
 
-    wakeup_host_config_read(ctx, r, &dev, &sys);
-    wakeup_config_pread(ctx, r, &dev, &sys);
-    wakeup_exit(ctx, r, &dev, &sys);
-    entry_host_config_read(ctx, r, &dev, &sys);
-
+/// Close while engaged with plain ENTRY: the closed device suspends again.
+fn close_while_engaged(ctx: &Ctx, r: &mut Reporter, dev: &mut KernelDevice, sys: &SysfsDevice) {
+    let p = ctx.platform;
     // Close while engaged (plain ENTRY).
-    reset_state(&dev);
-    if enter_and_settle(ctx, r, &dev, &sys, None, "close-entry-suspends") {
+    reset_state(dev);
+    if enter_and_settle(ctx, r, dev, sys, None, "close-entry-suspends") {
         let got = dev.close();
         r.check("close-ok", got.is_ok(), format!("{got:?}"));
-        let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+        let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
         expect_obs(
             r,
             "close-while-engaged-suspended",
@@ -331,9 +356,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             &format!(" after {took:?}"),
         );
     }
-    drop(dev);
+}
 
-    // Close while engaged with a wakeup eventfd: close never signals.
+/// Close while engaged with a wakeup eventfd, on a fresh open: close never signals.
+fn close_while_armed(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
+    let p = ctx.platform;
     let Some(efd) = new_efd(r, "close-wakeup") else {
         return;
     };
@@ -344,11 +371,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             return;
         }
     };
-    expect_obs(r, "reopen-d0-active", observe_stable(&sys), d0_active(), "");
-    if enter_and_settle(ctx, r, &dev, &sys, Some(&efd), "close-wakeup-suspends") {
+    expect_obs(r, "reopen-d0-active", observe_stable(sys), d0_active(), "");
+    if enter_and_settle(ctx, r, &dev, sys, Some(&efd), "close-wakeup-suspends") {
         let got = dev.close();
         r.check("close-wakeup-ok", got.is_ok(), format!("{got:?}"));
-        let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+        let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
         let n = efd_count(&efd);
         expect_obs(
             r,
