@@ -1,5 +1,5 @@
 //! Phase `checks`: the kernel's runtime-PM behaviour for an opened vfio-pci device, asserted
-//! through the vfio-pm library (see `shared/reference/real-kernel-in-qemu.md` for the table).
+//! through the vfio-pm library (docs/kernel-behaviour.md, *The first real-kernel table*).
 //!
 //! The sequence runs on one device in order; every step first restores a known state (EXIT is
 //! idempotent), so one failing check does not cascade into unrelated failures.

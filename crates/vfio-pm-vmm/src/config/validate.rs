@@ -225,8 +225,9 @@ fn validate_trap(t: &TrapFile) -> Result<TrapRegister, ConfigError> {
                 ));
             }
             let width = t.width as u8;
-            // TOML integers are i64; reinterpret so addresses above 2^63 can be written as negative
-            // numbers is not worth it: guest-physical addresses fit in 63 bits.
+            // TOML integers are i64, so addresses of 2^63 and above cannot be written; they are
+            // not needed (guest-physical addresses fit in 63 bits), and a negative value is
+            // refused rather than reinterpreted as one.
             let address = range("trap.address", t.address, 0, i64::MAX)? as u64;
             let bad = |reason| {
                 invalid(
