@@ -19,7 +19,7 @@ pub enum HostPower {
     WokenByHost,
     /// D3hot through PMCSR (fallback).
     D3HotFallback,
-    /// Failed; see [`Event::DeviceFailed`].
+    /// Failed; see [`Event::DeviceFailed`](super::Event::DeviceFailed).
     Failed,
 }
 
@@ -88,7 +88,8 @@ impl DeviceStats {
     }
 }
 
-/// What [`Controller::reset_vm`] / [`Controller::shutdown`] did.
+/// What [`Controller::reset_vm`](super::Controller::reset_vm) /
+/// [`Controller::shutdown`](super::Controller::shutdown) did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TeardownReport {
     /// Devices taken out of low power.
