@@ -1,7 +1,7 @@
 //! SSDT generation: virtual ACPI power resources for passthrough devices.
 //!
 //! [`build_ssdt`] turns a validated [`VmmConfig`] into a complete SSDT (header, OEM ids, checksum)
-//! built with `acpi_tables` plus the objects in [`ops`] that it lacks or gets wrong. For a QEMU
+//! built with `acpi_tables` plus the objects in `aml/ops.rs` that it lacks or gets wrong. For a QEMU
 //! e1000e at 00:05.0 (`\_SB.PCI0.S28`, slot 0, trap port 0x440, GPE 0x10) the table reads, as
 //! `iasl -d` prints it:
 //!
@@ -57,7 +57,10 @@
 //! The route is per device ([`DeviceConfig::route`]), so one table can mix them.
 
 mod mailbox;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod ops;
+#[cfg(not(any(test, feature = "test-utils")))]
+mod ops;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod tools;
 
@@ -79,17 +82,17 @@ use acpi_tables::Aml;
 use ops::{External, ExternalBlock, PowerResource, Raw, OBJECT_TYPE_DEVICE};
 
 /// Name of the trap OperationRegion, under `\_SB`.
-pub const TRAP_REGION: &str = "VPMR";
+pub(crate) const TRAP_REGION: &str = "VPMR";
 /// Name of the trap field, under `\_SB`.
-pub const TRAP_FIELD: &str = "VPMT";
+pub(crate) const TRAP_FIELD: &str = "VPMT";
 /// Name of the GED wake method, under `\_SB`.
-pub const GED_METHOD: &str = "VPMW";
+pub(crate) const GED_METHOD: &str = "VPMW";
 /// Name of the power state `Name` inside each power resource.
-pub const STATE_NAME: &str = "STAT";
+pub(crate) const STATE_NAME: &str = "STAT";
 /// `_PRW` sleep state: the deepest system state the device can wake from.
-pub const PRW_SLEEP_STATE: u8 = 3;
+pub(crate) const PRW_SLEEP_STATE: u8 = 3;
 /// SSDT revision (2: 64-bit integers).
-pub const SSDT_REVISION: u8 = 2;
+pub(crate) const SSDT_REVISION: u8 = 2;
 
 /// An `acpi_tables` path for a validated absolute path. Never panics: every segment is 4 bytes.
 fn abs(p: &AcpiPath) -> Path {
@@ -142,7 +145,7 @@ pub fn gpe_method_name(gpe: u8, trigger: GpeTrigger) -> NameSeg {
 }
 
 /// The AML body (everything after the 36-byte header) for `config`.
-pub fn build_body(config: &VmmConfig) -> Vec<u8> {
+pub(crate) fn build_body(config: &VmmConfig) -> Vec<u8> {
     let mut out = Vec::new();
     let devices = config.devices();
 

@@ -47,8 +47,7 @@ mod summary;
 pub use builder::{pm_capability_config_for, settings_for, VmmBuilder};
 pub use summary::SsdtSummary;
 
-use crate::aml;
-use crate::config::{DeviceConfig, TrapRegister, TrapSpace, VmmConfig};
+use crate::config::{TrapSpace, VmmConfig};
 use crate::controller::{
     Controller, ControllerError, DeviceSettings, DeviceStats, HostPower, LowPowerVariant,
     RequestOutcome, TeardownReport,
@@ -56,7 +55,7 @@ use crate::controller::{
 use crate::pme::{
     GuestNotifier, PciPowerState, PmCapability, PmWriteOutcome, RegisterError, RootPortPme,
 };
-use crate::request::{GuestRequest, PowerAction, Slot};
+use crate::request::{GuestRequest, Slot};
 use crate::trap::{TrapDecoder, TrapError};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -158,13 +157,6 @@ impl VmmError {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The bytes a guest writes to the trap register for `action` of `device` (the value the
-/// generated AML stores, little endian, the register's width).
-pub fn trap_bytes(trap: TrapRegister, device: &DeviceConfig, action: PowerAction) -> Vec<u8> {
-    let value = aml::trap_value(device, action);
-    value.to_le_bytes()[..usize::from(trap.width.min(8))].to_vec()
 }
 
 /// What a trap write did.
