@@ -101,8 +101,18 @@ impl DeviceEntry {
         (u64::from(self.generation) << 32) | u64::from(slot)
     }
 
+    /// Reads and resets the wakeup eventfd: 0 when nothing was signalled (it is non-blocking).
+    /// Another read error cannot happen on an eventfd the controller owns; it is logged, not
+    /// taken for silence.
     fn drain(&self) -> u64 {
-        self.wake.read().unwrap_or(0)
+        match self.wake.read() {
+            Ok(count) => count,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => {
+                tracing::warn!(error = %e, "vfio-pm controller: reading a wakeup eventfd");
+                0
+            }
+        }
     }
 }
 
