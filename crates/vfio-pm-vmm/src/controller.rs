@@ -277,6 +277,22 @@ impl Controller {
         self.emit(slot, Event::Power { from, to });
     }
 
+    /// Counts and reports `count` wakeup-eventfd signals that are not forwarded to the guest,
+    /// under the device's current arming epoch.
+    fn suppressed(&mut self, slot: Slot, reason: SuppressReason, count: u64) {
+        let Ok(e) = self.entry_mut(slot) else { return };
+        e.stats.pme_suppressed += 1;
+        let epoch = e.epoch;
+        self.emit(
+            slot,
+            Event::PmeSuppressed {
+                reason,
+                count,
+                epoch,
+            },
+        );
+    }
+
     fn host_call(&mut self, slot: Slot, call: HostCall, result: Result<(), Errno>) {
         let Ok(e) = self.entry_mut(slot) else { return };
         let epoch = e.epoch;

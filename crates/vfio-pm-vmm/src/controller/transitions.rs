@@ -81,18 +81,9 @@ impl Controller {
         // Signals left from an earlier arming are not this arming's business.
         let stale = e.drain();
         e.epoch += 1;
-        let epoch = e.epoch;
         let variant = e.variant;
         if stale > 0 {
-            e.stats.pme_suppressed += 1;
-            self.emit(
-                slot,
-                Event::PmeSuppressed {
-                    reason: SuppressReason::Stale,
-                    count: stale,
-                    epoch,
-                },
-            );
+            self.suppressed(slot, SuppressReason::Stale, stale);
         }
         let e = self.entry_mut(slot)?;
         let (call, result) = match variant {
@@ -224,16 +215,7 @@ impl Controller {
         };
         let count = e.drain();
         if count > 0 {
-            e.stats.pme_suppressed += 1;
-            let epoch = e.epoch;
-            self.emit(
-                slot,
-                Event::PmeSuppressed {
-                    reason,
-                    count,
-                    epoch,
-                },
-            );
+            self.suppressed(slot, reason, count);
         }
         count
     }

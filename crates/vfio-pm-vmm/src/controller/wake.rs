@@ -75,15 +75,7 @@ impl Controller {
         let e = self.entry_mut(slot)?;
         let epoch = e.epoch;
         if e.power != HostPower::Armed {
-            e.stats.pme_suppressed += 1;
-            self.emit(
-                slot,
-                Event::PmeSuppressed {
-                    reason: SuppressReason::Stale,
-                    count,
-                    epoch,
-                },
-            );
+            self.suppressed(slot, SuppressReason::Stale, count);
             return Ok(());
         }
         e.stats.host_wakes += 1;
@@ -91,15 +83,7 @@ impl Controller {
         e.last_transition_ns = Some(now);
         let Some(route) = e.settings.route else {
             // Never armed without a route (choose_variant); a signal here is nobody's wake.
-            e.stats.pme_suppressed += 1;
-            self.emit(
-                slot,
-                Event::PmeSuppressed {
-                    reason: SuppressReason::Stale,
-                    count,
-                    epoch,
-                },
-            );
+            self.suppressed(slot, SuppressReason::Stale, count);
             return Ok(());
         };
         self.emit(slot, Event::HostWake { epoch, count });
