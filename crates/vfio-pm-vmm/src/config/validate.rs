@@ -295,10 +295,44 @@ fn validate_device(
     if d.d3cold && !d.has_pm_capability {
         return Err(invalid(f("has_pm_capability"), Problem::NoPmCapability));
     }
+    let (root_port, root_port_bdf) = root_port_of(i, d, &acpi_path)?;
+    let (route, gpe) = wake_of(i, d, wake, root_port.is_some())?;
+    // `validate` refused more than MAX_DEVICES (64) devices, so the index fits the trap encoding.
+    let slot = Slot(i as u32);
+    let power_resource = power_resource_of(i, d, slot, &parent)?;
+    Ok(DeviceConfig {
+        slot,
+        acpi_path,
+        pci_address,
+        vendor_id,
+        device_id,
+        class_code,
+        d3cold: d.d3cold,
+        wakeup: d.wakeup,
+        pme_support: d.pme_support,
+        has_pm_capability: d.has_pm_capability,
+        hotplug_eject: d.hotplug_eject,
+        root_port,
+        root_port_bdf,
+        route,
+        gpe,
+        power_resource,
+        node: d.node,
+    })
+}
+
+/// A device's `root_port` (an ancestor of its node) and `root_port_bdf` (only with a root
+/// port).
+fn root_port_of(
+    i: usize,
+    d: &DeviceFile,
+    acpi_path: &AcpiPath,
+) -> Result<(Option<AcpiPath>, Option<PciAddress>), ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
     let root_port = match &d.root_port {
         Some(text) => {
             let rp = path(&f("root_port"), text)?;
-            if !rp.is_ancestor_of(&acpi_path) {
+            if !rp.is_ancestor_of(acpi_path) {
                 return Err(invalid(
                     f("root_port"),
                     Problem::RootPortNotAncestor {
@@ -321,9 +355,21 @@ fn validate_device(
             Some(bdf)
         }
     };
+    Ok((root_port, root_port_bdf))
+}
+
+/// A device's wake route and GPE: `pcie_pme` needs a root port and PME support, `wakeup =
+/// "always"` needs the GPE route, and a GPE is given exactly when the GPE route wakes.
+fn wake_of(
+    i: usize,
+    d: &DeviceFile,
+    wake: WakeConfig,
+    has_root_port: bool,
+) -> Result<(RouteKind, Option<u8>), ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
     let route = d.wake_route.unwrap_or(wake.route);
     if route == RouteKind::PciePme && d.wakeup != WakeupMode::Never {
-        if root_port.is_none() {
+        if !has_root_port {
             return Err(invalid(f("root_port"), Problem::PciePmeNeedsRootPort));
         }
         if !d.pme_support {
@@ -340,9 +386,19 @@ fn validate_device(
         (None, true) => return Err(invalid(f("gpe"), Problem::MissingGpe { wakeup: d.wakeup })),
         (Some(_), false) => return Err(invalid(f("gpe"), Problem::UnusedGpe)),
     };
-    // `validate` refused more than MAX_DEVICES (64) devices, so the index fits the trap encoding.
-    let slot = Slot(i as u32);
-    let power_resource = match (&d.power_resource, d.d3cold) {
+    Ok((route, gpe))
+}
+
+/// The power resource of a `d3cold` device: the given name or `PRxx`, in the node's parent
+/// scope; none without D3cold.
+fn power_resource_of(
+    i: usize,
+    d: &DeviceFile,
+    slot: Slot,
+    parent: &AcpiPath,
+) -> Result<Option<AcpiPath>, ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
+    Ok(match (&d.power_resource, d.d3cold) {
         (Some(_), false) => return Err(invalid(f("power_resource"), Problem::UnusedPowerResource)),
         (None, false) => None,
         (given, true) => {
@@ -361,25 +417,6 @@ fn validate_device(
             // The parent has at most 254 segments, so the child always fits.
             parent.child(seg)
         }
-    };
-    Ok(DeviceConfig {
-        slot,
-        acpi_path,
-        pci_address,
-        vendor_id,
-        device_id,
-        class_code,
-        d3cold: d.d3cold,
-        wakeup: d.wakeup,
-        pme_support: d.pme_support,
-        has_pm_capability: d.has_pm_capability,
-        hotplug_eject: d.hotplug_eject,
-        root_port,
-        root_port_bdf,
-        route,
-        gpe,
-        power_resource,
-        node: d.node,
     })
 }
 
