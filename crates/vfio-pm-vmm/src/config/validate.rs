@@ -503,8 +503,21 @@ fn check_clashes(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
 /// Groups the devices by root port, resolves each root port's PCI address (given once, equal
 /// wherever repeated) into every device behind it, and checks the `pcie_pme` devices have one.
 fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfig>, ConfigError> {
+    let ports = group_root_ports(devices)?;
+    check_root_port_addresses(&ports, devices)?;
+    resolve_root_port_bdfs(&ports, devices)?;
+    check_requester_ids(devices)?;
+    Ok(ports.into_iter().map(|(p, _)| p).collect())
+}
+
+/// A root port given with its address by a device (the index of the first that gave it).
+type GivenRootPort = (RootPortConfig, Option<usize>);
+
+/// The distinct root ports in order of first use, each with its devices and the address the
+/// devices give (equal wherever repeated).
+fn group_root_ports(devices: &[DeviceConfig]) -> Result<Vec<GivenRootPort>, ConfigError> {
     let f = |i: usize, name: &str| format!("devices[{i}].{name}");
-    let mut ports: Vec<(RootPortConfig, Option<usize>)> = Vec::new();
+    let mut ports: Vec<GivenRootPort> = Vec::new();
     for (i, d) in devices.iter().enumerate() {
         let Some(rp) = &d.root_port else { continue };
         let k = match ports.iter().position(|(p, _)| p.acpi_path == *rp) {
@@ -544,7 +557,15 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             }
         }
     }
-    // Distinct root ports have distinct addresses, and no device has a root port's address.
+    Ok(ports)
+}
+
+/// Distinct root ports have distinct addresses, and no device has a root port's address.
+fn check_root_port_addresses(
+    ports: &[GivenRootPort],
+    devices: &[DeviceConfig],
+) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (k, (p, given_by)) in ports.iter().enumerate() {
         let (Some(bdf), Some(i)) = (p.pci_address, *given_by) else {
             continue;
@@ -580,6 +601,16 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
+    Ok(())
+}
+
+/// Every device behind a root port gets the port's address, must sit below it, and needs one
+/// for the `pcie_pme` route.
+fn resolve_root_port_bdfs(
+    ports: &[GivenRootPort],
+    devices: &mut [DeviceConfig],
+) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (i, d) in devices.iter_mut().enumerate() {
         let Some(rp) = &d.root_port else { continue };
         let Some((port, _)) = ports.iter().find(|(p, _)| p.acpi_path == *rp) else {
@@ -607,7 +638,13 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
-    // The root ports' PME queues and the notifier key on the requester ID.
+    Ok(())
+}
+
+/// The root ports' PME queues and the notifier key on the requester ID: unique among the
+/// `pcie_pme` devices that wake.
+fn check_requester_ids(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (i, d) in devices.iter().enumerate() {
         if d.route != RouteKind::PciePme || !d.has_wake() {
             continue;
@@ -624,5 +661,5 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
-    Ok(ports.into_iter().map(|(p, _)| p).collect())
+    Ok(())
 }
