@@ -212,6 +212,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     malformed_wakeup(r, &dev, &sys);
     wakeup_host_config_read(ctx, r, &dev, &sys);
     wakeup_config_pread(ctx, r, &dev, &sys);
+    wakeup_missing_region_pread(ctx, r, &dev, &sys);
     wakeup_exit(ctx, r, &dev, &sys);
     entry_host_config_read(ctx, r, &dev, &sys);
 
@@ -476,6 +477,66 @@ fn wakeup_config_pread(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &Sy
     let got = dev.exit_low_power();
     r.check("wakeup-pread-exit-ok", got.is_ok(), format!("{got:?}"));
     r.expect_eq("wakeup-pread-exit-no-signal", efd_count(&efd), Ok(0));
+}
+
+/// WITH_WAKEUP, then a pread and a pwrite of region index 9 straight on the device fd
+/// (vfio-pci's fixed layout: index << 40, `VFIO_PCI_OFFSET_SHIFT`), a region the e1000e does not
+/// have. `vfio_pci_rw` (drivers/vfio/pci/vfio_pci_core.c) checks the index before it resumes
+/// the device: EINVAL, no signal, still suspended. `KernelDevice` answers such an index itself
+/// without asking the kernel (scenarios 16b/44b), so this is the kernel's own answer.
+fn wakeup_missing_region_pread(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
+    use std::os::unix::fs::FileExt;
+    reset_state(dev);
+    let Some(efd) = new_efd(r, "kernel-missing-region") else {
+        return;
+    };
+    if !enter_and_settle(
+        ctx,
+        r,
+        dev,
+        sys,
+        Some(&efd),
+        "kernel-missing-region-suspends",
+    ) {
+        return;
+    }
+    // The same open file as the device fd, as a `File` for read_at/write_at.
+    let file = match dev
+        .fd()
+        .map_err(|e| e.to_string())
+        .and_then(|fd| fd.try_clone_to_owned().map_err(|e| e.to_string()))
+    {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            r.check("kernel-missing-region-fd", false, e);
+            return;
+        }
+    };
+    let offset = 9u64 << 40;
+    let mut buf = [0u8; 4];
+    let read = file.read_at(&mut buf, offset).map_err(|e| e.raw_os_error());
+    let write = file.write_at(&[0; 4], offset).map_err(|e| e.raw_os_error());
+    r.check(
+        "kernel-missing-region-einval",
+        read == Err(Some(libc::EINVAL)) && write == Err(Some(libc::EINVAL)),
+        format!("pread {read:?}, pwrite {write:?} (want EINVAL both)"),
+    );
+    r.expect_eq("kernel-missing-region-no-signal", efd_count(&efd), Ok(0));
+    expect_obs(
+        r,
+        "kernel-missing-region-still-suspended",
+        observe_held(sys, HOLD),
+        suspended(ctx.platform),
+        " (held)",
+    );
+    // EXIT on the suspended device signals the eventfd itself (see wakeup_exit): drained.
+    let got = dev.exit_low_power();
+    r.check(
+        "kernel-missing-region-exit-ok",
+        got.is_ok(),
+        format!("{got:?}"),
+    );
+    let _ = efd_count(&efd);
 }
 
 /// WITH_WAKEUP, then EXIT on the suspended device: the EXIT ioctl's own resume signals.
