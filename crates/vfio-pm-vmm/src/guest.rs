@@ -33,7 +33,7 @@ use crate::pme::{
     ROOT_STATUS_OFFSET, ROOT_STA_PME_STATUS,
 };
 use crate::request::{PowerAction, Slot};
-use crate::vmm::{VmmError, VmmPowerManager};
+use crate::vmm::{trap_bytes, VmmError, VmmPowerManager};
 use serde::Serialize;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -485,15 +485,4 @@ impl SimulatedGuest {
             resumed,
         }))
     }
-}
-
-/// The bytes a guest writes to the trap register for `action` of `device` (the value the
-/// generated AML stores, little endian, the register's width).
-fn trap_bytes(
-    trap: crate::config::TrapRegister,
-    device: &crate::config::DeviceConfig,
-    action: PowerAction,
-) -> Vec<u8> {
-    let value = crate::aml::trap_value(device, action);
-    value.to_le_bytes()[..usize::from(trap.width.min(8))].to_vec()
 }

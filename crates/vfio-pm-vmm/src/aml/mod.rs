@@ -92,7 +92,7 @@ pub(crate) const STATE_NAME: &str = "STAT";
 /// `_PRW` sleep state: the deepest system state the device can wake from.
 pub(crate) const PRW_SLEEP_STATE: u8 = 3;
 /// SSDT revision (2: 64-bit integers).
-pub(crate) const SSDT_REVISION: u8 = 2;
+pub const SSDT_REVISION: u8 = 2;
 
 /// An `acpi_tables` path for a validated absolute path. Never panics: every segment is 4 bytes.
 fn abs(p: &AcpiPath) -> Path {

@@ -159,6 +159,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The bytes a guest writes to the trap register for `action` of `device` (the value the
+/// generated AML stores, little endian, the register's width). For the simulated guest and the
+/// fuzz targets (`test-utils`).
+#[cfg(any(test, feature = "test-utils"))]
+pub fn trap_bytes(
+    trap: crate::config::TrapRegister,
+    device: &crate::config::DeviceConfig,
+    action: crate::request::PowerAction,
+) -> Vec<u8> {
+    let value = crate::aml::trap_value(device, action);
+    value.to_le_bytes()[..usize::from(trap.width.min(8))].to_vec()
+}
+
 /// What a trap write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrapOutcome {
