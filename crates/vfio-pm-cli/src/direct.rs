@@ -27,9 +27,14 @@ fn wake_eventfd() -> Result<EventFd> {
     EventFd::new(libc::EFD_NONBLOCK).context("cannot create an eventfd")
 }
 
-/// Reads and resets an eventfd counter; 0 when nothing was signalled.
-fn take_count(efd: &EventFd) -> u64 {
-    efd.read().unwrap_or(0)
+/// Reads and resets an eventfd counter; 0 when nothing was signalled (the eventfd is
+/// non-blocking). Any other read error is an error, not a zero count.
+fn take_count(efd: &EventFd) -> Result<u64> {
+    match efd.read() {
+        Ok(n) => Ok(n),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+        Err(e) => Err(e).context("reading the wakeup eventfd"),
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -141,7 +146,7 @@ fn one_cycle(dev: &KernelDevice, n: u32, wakeup: bool, timeout: Duration) -> Res
             .context("config region read")?;
         let (woke, took, ok) = wait_for(dev, timeout, active_d0)?;
         wake_ms = Some(ms(t1.elapsed().max(took)));
-        let fired = take_count(&efd);
+        let fired = take_count(&efd)?;
         wakeups = Some(fired);
         if !ok {
             problems.push(format!("host access did not wake the device: {woke}"));
@@ -160,7 +165,7 @@ fn one_cycle(dev: &KernelDevice, n: u32, wakeup: bool, timeout: Duration) -> Res
         problems.push(format!("not back in D0 after exit: {after_exit}"));
     }
     if wakeup {
-        let late = take_count(&efd);
+        let late = take_count(&efd)?;
         if late != 0 {
             problems.push(format!("eventfd fired {late} more time(s) after the wake"));
         }
@@ -423,7 +428,7 @@ pub fn hold(
             break;
         }
         // The wake eventfd is non-blocking: a zero counter reads as nothing to report.
-        let count = take_count(&efd);
+        let count = take_count(&efd)?;
         if count > 0 {
             wakes += count;
             // Show the wake's D0 before re-arming: sampling alone would miss it.
@@ -444,7 +449,7 @@ pub fn hold(
     let suspended_for = log.finish();
     dev.exit_low_power()?;
     // EXIT on a suspended, armed device signals the eventfd itself: that is our own doing.
-    let _ = take_count(&efd);
+    take_count(&efd)?;
     let (state, _, _) = wait_for(&dev, Duration::from_secs(2), active_d0)?;
     emit(
         json,

@@ -142,7 +142,18 @@ impl Watcher<'_> {
 
     fn tick(&mut self, first: bool) -> Result<()> {
         let now = self.now();
-        let found = match candidates(self.sysfs, &self.args.bdf) {
+        let Some(found) = self.list(first)? else {
+            return Ok(());
+        };
+        self.forget_gone(&found, now);
+        self.follow_present(&found, now, first);
+        Ok(())
+    }
+
+    /// The devices to follow now; `None` (reported once) while listing fails after the first
+    /// look. A bad root on the first look is the user's error.
+    fn list(&mut self, first: bool) -> Result<Option<BTreeMap<PciAddress, DeviceReport>>> {
+        Ok(match candidates(self.sysfs, &self.args.bdf) {
             Ok(found) => {
                 if self.listing_failed {
                     self.listing_failed = false;
@@ -153,7 +164,7 @@ impl Watcher<'_> {
                         json!({}),
                     );
                 }
-                found
+                Some(found)
             }
             // A bad root on the first look is the user's error; later it is a passing fault.
             Err(e) if first => return Err(e),
@@ -168,10 +179,13 @@ impl Watcher<'_> {
                         json!({ "error": msg }),
                     );
                 }
-                return Ok(());
+                None
             }
-        };
-        // Devices that left.
+        })
+    }
+
+    /// Devices that left: report and keep their residency summary.
+    fn forget_gone(&mut self, found: &BTreeMap<PciAddress, DeviceReport>, now: Duration) {
         let gone: Vec<PciAddress> = self
             .followed
             .keys()
@@ -211,8 +225,16 @@ impl Watcher<'_> {
             self.changes += 1;
             self.left.push((a, f.tracker.summary()));
         }
-        // Devices present: new ones, and transitions of the known ones.
-        for (a, r) in &found {
+    }
+
+    /// Devices present: new ones, and transitions of the known ones.
+    fn follow_present(
+        &mut self,
+        found: &BTreeMap<PciAddress, DeviceReport>,
+        now: Duration,
+        first: bool,
+    ) {
+        for (a, r) in found {
             let sample = Sample::from_report(r);
             let driver = r.driver.display();
             match self.followed.get_mut(a) {
@@ -264,7 +286,6 @@ impl Watcher<'_> {
                 }
             }
         }
-        Ok(())
     }
 
     fn summary(&mut self) {

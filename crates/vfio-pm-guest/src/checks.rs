@@ -1,5 +1,5 @@
 //! Phase `checks`: the kernel's runtime-PM behaviour for an opened vfio-pci device, asserted
-//! through the vfio-pm library (see `shared/reference/real-kernel-in-qemu.md` for the table).
+//! through the vfio-pm library (docs/kernel-behaviour.md, *The first real-kernel table*).
 //!
 //! The sequence runs on one device in order; every step first restores a known state (EXIT is
 //! idempotent), so one failing check does not cascade into unrelated failures.
@@ -206,6 +206,23 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(r, "open-d0-active", observe_stable(&sys), d0_active(), "");
     crate::interfaces::fdinfo_names_device(ctx, r, &dev);
 
+    probe_and_get(r, &dev);
+    entry_and_exit(ctx, r, &dev, &sys);
+    malformed(r, &dev, &sys);
+    malformed_wakeup(r, &dev, &sys);
+    wakeup_host_config_read(ctx, r, &dev, &sys);
+    wakeup_config_pread(ctx, r, &dev, &sys);
+    wakeup_missing_region_pread(ctx, r, &dev, &sys);
+    wakeup_exit(ctx, r, &dev, &sys);
+    entry_host_config_read(ctx, r, &dev, &sys);
+
+    close_while_engaged(ctx, r, &mut dev, &sys);
+    drop(dev);
+    close_while_armed(ctx, r, &sys);
+}
+
+/// Probing every low-power feature, and GET (which none of them supports).
+fn probe_and_get(r: &mut Reporter, dev: &KernelDevice) {
     // Probing and GET.
     let all = Support {
         entry: true,
@@ -222,7 +239,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     }
     let got = dev.device_feature(HEADER_SIZE, FLAG_GET | ENTRY, &[]);
     expect_errno(r, "get-3-einval", got, Errno::EINVAL);
+}
 
+/// Plain ENTRY, ENTRY again (already engaged), EXIT, EXIT again; EXIT first is a no-op.
+fn entry_and_exit(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
+    let p = ctx.platform;
     // EXIT without entry is a no-op.
     let got = dev.exit_low_power();
     r.check("exit-without-entry-ok", got.is_ok(), format!("{got:?}"));
@@ -230,7 +251,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     // Plain ENTRY / again / EXIT / again.
     let got = dev.enter_low_power();
     r.check("entry-ok", got.is_ok(), format!("{got:?}"));
-    let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+    let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
     expect_obs(
         r,
         "entry-suspends",
@@ -254,15 +275,18 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "exit-d0-active",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
     let got = dev.exit_low_power();
     r.check("exit-again-ok", got.is_ok(), format!("{got:?}"));
+}
 
+/// Malformed requests are refused and change nothing.
+fn malformed(r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
     // Malformed requests.
-    reset_state(&dev);
+    reset_state(dev);
     let got = dev.device_feature(4, FLAG_SET | ENTRY, &[]);
     expect_errno(r, "argsz-4-einval", got, Errno::EINVAL);
     let got = dev.device_feature(HEADER_SIZE, FLAG_SET | ENTRY | (1 << 20), &[]);
@@ -272,11 +296,14 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "malformed-no-state-change",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
+}
 
+/// Malformed WITH_WAKEUP requests (bad fds, short payload) are refused and change nothing.
+fn malformed_wakeup(r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
     // Malformed WITH_WAKEUP requests.
     let wz = HEADER_SIZE + WAKEUP_PAYLOAD_SIZE;
     let got = dev.device_feature(wz, FLAG_SET | WAKEUP, &feature::wakeup_payload(-1));
@@ -307,22 +334,21 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     expect_obs(
         r,
         "wakeup-malformed-no-state-change",
-        observe_held(&sys, HOLD),
+        observe_held(sys, HOLD),
         d0_active(),
         " (held)",
     );
+}
 
-    wakeup_host_config_read(ctx, r, &dev, &sys);
-    wakeup_config_pread(ctx, r, &dev, &sys);
-    wakeup_exit(ctx, r, &dev, &sys);
-    entry_host_config_read(ctx, r, &dev, &sys);
-
+/// Close while engaged with plain ENTRY: the closed device suspends again.
+fn close_while_engaged(ctx: &Ctx, r: &mut Reporter, dev: &mut KernelDevice, sys: &SysfsDevice) {
+    let p = ctx.platform;
     // Close while engaged (plain ENTRY).
-    reset_state(&dev);
-    if enter_and_settle(ctx, r, &dev, &sys, None, "close-entry-suspends") {
+    reset_state(dev);
+    if enter_and_settle(ctx, r, dev, sys, None, "close-entry-suspends") {
         let got = dev.close();
         r.check("close-ok", got.is_ok(), format!("{got:?}"));
-        let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+        let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
         expect_obs(
             r,
             "close-while-engaged-suspended",
@@ -331,9 +357,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             &format!(" after {took:?}"),
         );
     }
-    drop(dev);
+}
 
-    // Close while engaged with a wakeup eventfd: close never signals.
+/// Close while engaged with a wakeup eventfd, on a fresh open: close never signals.
+fn close_while_armed(ctx: &Ctx, r: &mut Reporter, sys: &SysfsDevice) {
+    let p = ctx.platform;
     let Some(efd) = new_efd(r, "close-wakeup") else {
         return;
     };
@@ -344,11 +372,11 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             return;
         }
     };
-    expect_obs(r, "reopen-d0-active", observe_stable(&sys), d0_active(), "");
-    if enter_and_settle(ctx, r, &dev, &sys, Some(&efd), "close-wakeup-suspends") {
+    expect_obs(r, "reopen-d0-active", observe_stable(sys), d0_active(), "");
+    if enter_and_settle(ctx, r, &dev, sys, Some(&efd), "close-wakeup-suspends") {
         let got = dev.close();
         r.check("close-wakeup-ok", got.is_ok(), format!("{got:?}"));
-        let (o, took) = wait_suspended(&sys, ctx.suspend_timeout);
+        let (o, took) = wait_suspended(sys, ctx.suspend_timeout);
         let n = efd_count(&efd);
         expect_obs(
             r,
@@ -449,6 +477,66 @@ fn wakeup_config_pread(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &Sy
     let got = dev.exit_low_power();
     r.check("wakeup-pread-exit-ok", got.is_ok(), format!("{got:?}"));
     r.expect_eq("wakeup-pread-exit-no-signal", efd_count(&efd), Ok(0));
+}
+
+/// WITH_WAKEUP, then a pread and a pwrite of region index 9 straight on the device fd
+/// (vfio-pci's fixed layout: index << 40, `VFIO_PCI_OFFSET_SHIFT`), a region the e1000e does not
+/// have. `vfio_pci_rw` (drivers/vfio/pci/vfio_pci_core.c) checks the index before it resumes
+/// the device: EINVAL, no signal, still suspended. `KernelDevice` answers such an index itself
+/// without asking the kernel (scenarios 16b/44b), so this is the kernel's own answer.
+fn wakeup_missing_region_pread(ctx: &Ctx, r: &mut Reporter, dev: &KernelDevice, sys: &SysfsDevice) {
+    use std::os::unix::fs::FileExt;
+    reset_state(dev);
+    let Some(efd) = new_efd(r, "kernel-missing-region") else {
+        return;
+    };
+    if !enter_and_settle(
+        ctx,
+        r,
+        dev,
+        sys,
+        Some(&efd),
+        "kernel-missing-region-suspends",
+    ) {
+        return;
+    }
+    // The same open file as the device fd, as a `File` for read_at/write_at.
+    let file = match dev
+        .fd()
+        .map_err(|e| e.to_string())
+        .and_then(|fd| fd.try_clone_to_owned().map_err(|e| e.to_string()))
+    {
+        Ok(fd) => File::from(fd),
+        Err(e) => {
+            r.check("kernel-missing-region-fd", false, e);
+            return;
+        }
+    };
+    let offset = 9u64 << 40;
+    let mut buf = [0u8; 4];
+    let read = file.read_at(&mut buf, offset).map_err(|e| e.raw_os_error());
+    let write = file.write_at(&[0; 4], offset).map_err(|e| e.raw_os_error());
+    r.check(
+        "kernel-missing-region-einval",
+        read == Err(Some(libc::EINVAL)) && write == Err(Some(libc::EINVAL)),
+        format!("pread {read:?}, pwrite {write:?} (want EINVAL both)"),
+    );
+    r.expect_eq("kernel-missing-region-no-signal", efd_count(&efd), Ok(0));
+    expect_obs(
+        r,
+        "kernel-missing-region-still-suspended",
+        observe_held(sys, HOLD),
+        suspended(ctx.platform),
+        " (held)",
+    );
+    // EXIT on the suspended device signals the eventfd itself (see wakeup_exit): drained.
+    let got = dev.exit_low_power();
+    r.check(
+        "kernel-missing-region-exit-ok",
+        got.is_ok(),
+        format!("{got:?}"),
+    );
+    let _ = efd_count(&efd);
 }
 
 /// WITH_WAKEUP, then EXIT on the suspended device: the EXIT ioctl's own resume signals.

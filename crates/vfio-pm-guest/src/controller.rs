@@ -18,7 +18,7 @@ use crate::report::Reporter;
 use std::sync::Arc;
 use std::time::Duration;
 use vfio_ioctls::{VfioContainer, VfioDevice, VfioOps};
-use vfio_pm::{KernelDevice, PowerState, RuntimeStatus, CONFIG_REGION};
+use vfio_pm::{KernelDevice, PowerState, RuntimeStatus, SysfsDevice, CONFIG_REGION};
 use vfio_pm_vmm::controller::{
     Controller, ControllerConfig, DeviceSettings, EntryPolicy, Event, EventLog, HostPower,
     LowPowerVariant, MonotonicClock, RequestOutcome, Slot, SuppressReason,
@@ -103,15 +103,25 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             return;
         }
     };
-    let d3 = ctx.platform.suspended_state();
-    let config_read = || sysfs.read_config().map(|_| ()).map_err(|e| e.to_string());
+    if wakeup_variant(ctx, r, &sysfs) {
+        plain_variant(ctx, r, &sysfs);
+    }
+}
 
-    // --- The wakeup variant (what a GPU gets), forced on the e1000e.
+/// A host-side sysfs config read (`lspci -xxx`).
+fn config_read(sysfs: &SysfsDevice) -> Result<(), String> {
+    sysfs.read_config().map(|_| ()).map_err(|e| e.to_string())
+}
+
+/// The wakeup variant (what a GPU gets), forced on the e1000e. False when the controller could
+/// not adopt the device (the phase stops there).
+fn wakeup_variant(ctx: &Ctx, r: &mut Reporter, sysfs: &SysfsDevice) -> bool {
+    let d3 = ctx.platform.suspended_state();
     let (mut w, vmm_device) = match rig(ctx, EntryPolicy::WithWakeup) {
         Ok(w) => w,
         Err(e) => {
             r.check("ctl-open", false, e);
-            return;
+            return false;
         }
     };
     let slot = w.slot;
@@ -121,13 +131,23 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         out,
         Ok(RequestOutcome::Entered(LowPowerVariant::EntryWithWakeup)),
     );
-    let (o, _) = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let (o, _) = wait_suspended(sysfs, ctx.suspend_timeout);
     r.expect_eq(
         "ctl-off-reaches-platform-d3",
         o.map(|o| (o.power_state, o.runtime_status)),
         Ok((d3.clone(), RuntimeStatus::Suspended)),
     );
 
+    own_access_no_pme(ctx, r, &mut w, sysfs);
+    host_wake_one_pme(ctx, r, &mut w, sysfs);
+    own_exit_no_pme(ctx, r, &mut w, sysfs);
+    shutdown_exits_first(ctx, r, w, vmm_device, sysfs);
+    true
+}
+
+/// The VMM's own access wakes the armed device: suppressed, never a PME, re-armed.
+fn own_access_no_pme(ctx: &Ctx, r: &mut Reporter, w: &mut Rig, sysfs: &SysfsDevice) {
+    let slot = w.slot;
     // The VMM's own access (a config region read through host_access) wakes the device on a
     // real kernel and signals the eventfd: suppressed, never a PME, and the device is re-armed.
     let before = suppressed_own(&w.log, slot);
@@ -147,16 +167,20 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         w.ctl.power(slot),
         Some(HostPower::Armed),
     );
-    let (o, _) = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let (o, _) = wait_suspended(sysfs, ctx.suspend_timeout);
     r.expect_eq(
         "ctl-rearmed-suspends-again",
         o.map(|o| o.runtime_status),
         Ok(RuntimeStatus::Suspended),
     );
+}
 
+/// A host-side config read: on D3cold exactly one PME and an `_ON` without ioctl.
+fn host_wake_one_pme(ctx: &Ctx, r: &mut Reporter, w: &mut Rig, sysfs: &SysfsDevice) {
+    let slot = w.slot;
     // A host-side sysfs config read: wakes from D3cold only. Exactly one PME, then the
     // guest's _ON needs no ioctl (the kernel already left low power).
-    if let Err(e) = config_read() {
+    if let Err(e) = config_read(sysfs) {
         r.check("ctl-config-read", false, e);
     }
     let _ = w.ctl.poll_once(Some(Duration::from_millis(500)));
@@ -183,26 +207,40 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             r.expect_eq("ctl-on-exits", on, Ok(RequestOutcome::Exited));
         }
     }
-    let o = observe_stable(&sysfs);
+    let o = observe_stable(sysfs);
     r.expect_eq(
         "ctl-on-d0-active",
         o.map(|o| (o.power_state, o.runtime_status)),
         Ok((PowerState::D0, RuntimeStatus::Active)),
     );
+}
 
+/// The eventfd signal of the controller's own EXIT is never a PME.
+fn own_exit_no_pme(ctx: &Ctx, r: &mut Reporter, w: &mut Rig, sysfs: &SysfsDevice) {
+    let slot = w.slot;
     // _OFF, suspend, then _ON: the kernel signals the eventfd inside our own EXIT (seen on
     // 6.1 and 6.12); the guest must not get a PME for it.
     let pmes_before = w.pmes.count();
     let _ = w.ctl.power_off(slot);
-    let _ = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let _ = wait_suspended(sysfs, ctx.suspend_timeout);
     let on = w.ctl.power_on(slot).map_err(|e| e.to_string());
     r.expect_eq("ctl-on-exits-suspended", on, Ok(RequestOutcome::Exited));
     let _ = w.ctl.poll_once(Some(Duration::from_millis(200)));
     r.expect_eq("ctl-own-exit-no-pme", w.pmes.count(), pmes_before);
+}
 
+/// Shutdown in low power exits first; the VMM's device stays open and usable.
+fn shutdown_exits_first(
+    ctx: &Ctx,
+    r: &mut Reporter,
+    mut w: Rig,
+    vmm_device: Arc<VfioDevice>,
+    sysfs: &SysfsDevice,
+) {
+    let slot = w.slot;
     // Shutdown while in low power: exit first, nothing engaged, device back to unused.
     let _ = w.ctl.power_off(slot);
-    let _ = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let _ = wait_suspended(sysfs, ctx.suspend_timeout);
     let report = w.ctl.shutdown();
     r.check(
         "ctl-shutdown-exits-first",
@@ -214,21 +252,24 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     r.expect_eq(
         "ctl-after-shutdown-vmm-device-usable",
         (
-            observe_stable(&sysfs).map(|o| (o.power_state, o.runtime_status)),
+            observe_stable(sysfs).map(|o| (o.power_state, o.runtime_status)),
             vmm_vendor(&vmm_device),
         ),
         (Ok((PowerState::D0, RuntimeStatus::Active)), 0x8086),
     );
     drop(vmm_device);
-    let (o, _) = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let (o, _) = wait_suspended(sysfs, ctx.suspend_timeout);
     r.expect_eq(
         "ctl-after-shutdown-unused-suspended",
         o.map(|o| o.runtime_status),
         Ok(RuntimeStatus::Suspended),
     );
+}
 
-    // --- The plain variant (NIC, audio, NVMe): a host access wakes it, the kernel puts it back,
-    // and the guest hears nothing.
+/// The plain variant (NIC, audio, NVMe): a host access wakes it, the kernel puts it back, and
+/// the guest hears nothing.
+fn plain_variant(ctx: &Ctx, r: &mut Reporter, sysfs: &SysfsDevice) {
+    let d3 = ctx.platform.suspended_state();
     let (mut p, _vmm_device) = match rig(ctx, EntryPolicy::Plain) {
         Ok(p) => p,
         Err(e) => {
@@ -242,12 +283,12 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         out,
         Ok(RequestOutcome::Entered(LowPowerVariant::Entry)),
     );
-    let _ = wait_suspended(&sysfs, ctx.suspend_timeout);
-    if let Err(e) = config_read() {
+    let _ = wait_suspended(sysfs, ctx.suspend_timeout);
+    if let Err(e) = config_read(sysfs) {
         r.check("ctl-plain-config-read", false, e);
     }
     let _ = p.ctl.poll_once(Some(Duration::from_millis(200)));
-    let (o, _) = wait_suspended(&sysfs, ctx.suspend_timeout);
+    let (o, _) = wait_suspended(sysfs, ctx.suspend_timeout);
     r.expect_eq(
         "ctl-plain-resuspends",
         o.map(|o| (o.power_state, o.runtime_status)),

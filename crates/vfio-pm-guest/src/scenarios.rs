@@ -7,7 +7,8 @@
 //! Output per scenario: one `VFIOPM TRACE <scenario> <line>` per step, then the end marker
 //! `VFIOPM INFO scenario-end <scenario> steps=<n> ms=<elapsed>`. Checks: the scenarios parse,
 //! and every scenario started from the baseline (device closed, `power/control=auto`,
-//! `d3cold_allowed=1`, runtime-suspended; with `disable_idle_d3=1`: D0 active, reference §5 1).
+//! `d3cold_allowed=1`, runtime-suspended; with `disable_idle_d3=1`: D0 active, outcome 1 of
+//! docs/kernel-behaviour.md).
 
 use crate::context::Ctx;
 use crate::report::Reporter;
@@ -64,7 +65,7 @@ pub fn disable_idle_d3() -> Result<bool, String> {
 
 /// Brings the (closed) device back to the baseline: `power/control=auto`, `d3cold_allowed=1`,
 /// runtime-suspended (two readings 10 ms apart agree). With `idle_d3_disabled` the baseline
-/// is D0 active instead (an unused device is not suspended; reference §5 1), held for
+/// is D0 active instead (an unused device is not suspended; outcome 1 of docs/kernel-behaviour.md), held for
 /// [`SETTLE_LIMIT`].
 pub fn baseline(sys: &SysfsDevice, idle_d3_disabled: bool) -> Result<String, String> {
     ensure_knob(sys, "power/control", "auto")?;

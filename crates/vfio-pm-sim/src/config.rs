@@ -2,7 +2,7 @@
 
 use vfio_pm::PciAddress;
 
-/// The address of QEMU's e1000e in the reference setup (`-device e1000e,addr=0x5`).
+/// The address of QEMU's e1000e in the QEMU harness (`-device e1000e,addr=0x5`).
 pub const DEFAULT_ADDRESS: PciAddress = PciAddress {
     domain: 0,
     bus: 0,
@@ -10,7 +10,7 @@ pub const DEFAULT_ADDRESS: PciAddress = PciAddress {
     function: 0,
 };
 
-/// How one simulated vfio-pci device behaves. Defaults match the reference's e1000e on a
+/// How one simulated vfio-pci device behaves. Defaults match the QEMU harness's e1000e on a
 /// baseline host: runtime PM allowed, reset works, PM capability present, no INTx in use.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceConfig {

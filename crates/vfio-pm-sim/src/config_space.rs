@@ -1,5 +1,7 @@
 //! The device's PCI config space as seen through the VFIO config region: an e1000e-like
-//! header and capability list, with the PM capability's virtualization (reference §2.5, §3).
+//! header and capability list, with the PM capability's virtualization
+//! (`vfio_pm_config_write` in drivers/vfio/pci/vfio_pci_config.c; docs/kernel-behaviour.md,
+//! *Reset, PMCSR, SR-IOV*).
 //!
 //! Simplified: only the command register and PMCSR are writable; every other write is dropped
 //! (vfio-pci virtualizes most of the header; the scenarios only write PMCSR).

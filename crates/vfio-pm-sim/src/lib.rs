@@ -46,7 +46,7 @@
 //! # Ok(()) }
 //! ```
 //!
-//! ## Modelling choices (where the reference leaves room)
+//! ## Modelling choices (where the kernel sources leave room)
 //! - Transitions are instantaneous: runtime status is only ever `active` or `suspended`.
 //! - A `settle` runs every queued idle check of the host; suspend never happens otherwise.
 //! - After close, the fd calls answer EBADF but the sysfs-side calls (`observe`, `settle`,

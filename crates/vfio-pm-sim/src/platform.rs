@@ -4,7 +4,8 @@ use nix::errno::Errno;
 use std::fmt;
 use std::str::FromStr;
 
-/// Where a runtime-suspended device ends up, decided by platform firmware (reference §2.5).
+/// Where a runtime-suspended device ends up, decided by platform firmware
+/// (`acpi_pci_choose_state`, drivers/pci/pci-acpi.c; docs/kernel-behaviour.md, *D3hot or D3cold*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Platform {
     /// No firmware power resources for the device: runtime suspend stops at D3hot.
@@ -50,13 +51,13 @@ impl FromStr for Platform {
 }
 
 /// The kernel whose behaviour the model reproduces. Only versions whose behaviour differs in
-/// this area are listed (reference §4).
+/// this area are listed (docs/kernel-behaviour.md, *Later changes in this area*).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum KernelVersion {
     /// 5.19: Part 1 only. Unused devices runtime-suspend, but there are no low-power features
     /// (indexes 3–5 answer ENOTTY) and device ioctls do not resume the device.
     V5_19,
-    /// 6.1: the low-power features (the baseline of the reference and of the QEMU table).
+    /// 6.1: the low-power features (the baseline of docs/kernel-behaviour.md and of its first real-kernel table).
     V6_1,
     /// 6.12: same observable behaviour as 6.1 for group-obtained fds.
     V6_12,

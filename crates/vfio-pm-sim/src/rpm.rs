@@ -1,6 +1,7 @@
 //! The runtime-PM core of one device (drivers/base/power/runtime.c as far as vfio-pci needs
 //! it) and the PCI core's choice of target state, with vfio-pci's suspend/resume callbacks
-//! (reference §2.1–§2.3).
+//! (`vfio_pci_core_runtime_suspend`/`_resume` in drivers/vfio/pci/vfio_pci_core.c; summary in
+//! docs/kernel-behaviour.md, *Runtime PM references* and *Suspend and resume callbacks*).
 //!
 //! Suspend is asynchronous: dropping the last reference only queues an idle check, which runs
 //! in [`HostState::run_pending`] (the "let the kernel run" step).

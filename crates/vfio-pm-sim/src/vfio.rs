@@ -1,6 +1,7 @@
 //! vfio-pci core: open/close, the device-fd ioctl wrapper, VFIO_DEVICE_FEATURE validation and
 //! the low-power features, region access, reset, PMCSR writes, mmap faults, and the host-side
-//! sysfs paths (reference §1.2, §2).
+//! sysfs paths (docs/kernel-behaviour.md, *What the kernel sources say*; the functions are those
+//! of drivers/vfio/vfio_main.c and drivers/vfio/pci/vfio_pci_core.c).
 
 use crate::config_space::{ConfigSpace, PmcsrRequest};
 use crate::eventfd::WakeupEventFd;

@@ -1,6 +1,6 @@
-//! The model against every row of the real-kernel table (reference
-//! real-kernel-in-qemu.md, "What a real kernel did (6.1, e1000e, group fd)"), on both
-//! platforms, plus the reference §5 behaviours the table does not cover.
+//! The model against every row of the first real-kernel table (docs/kernel-behaviour.md, *The
+//! first real-kernel table*: 6.1, e1000e, group fd), on both platforms, plus the expected
+//! outcomes (same file, *Expected outcomes*) the table does not cover.
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;

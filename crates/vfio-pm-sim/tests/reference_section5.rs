@@ -1,4 +1,4 @@
-//! Reference §5 behaviours beyond the QEMU table: mmap, knobs, re-arm, reset, PMCSR, hot
+//! Expected outcomes (docs/kernel-behaviour.md, *Expected outcomes*) beyond the feature table: mmap, knobs, re-arm, reset, PMCSR, hot
 //! reset, INTx, disable_idle_d3, resume failure, kernel versions.
 
 use std::os::fd::AsRawFd;

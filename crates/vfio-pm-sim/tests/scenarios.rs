@@ -1,6 +1,6 @@
 //! The scenario files: every one parses and runs on the model on both platforms; golden
-//! expectations for key scenarios written from the reference (kernel-vfio-pm.md §5 and the
-//! QEMU table), not from the model's output; garbage never panics.
+//! expectations for key scenarios written from the kernel sources (docs/kernel-behaviour.md,
+//! *Expected outcomes*), not from the model's output; garbage never panics.
 
 use std::path::PathBuf;
 use vfio_pm_sim::scenario::{diff, run, Scenario, Trace};
@@ -92,7 +92,7 @@ fn golden_14_mmap_after_entry() {
 
 #[test]
 fn golden_50_disable_idle_d3() {
-    // Reference §5 36: with disable_idle_d3=1 ENTRY still suspends; EXIT and close leave the
+    // Outcome 36 (docs/kernel-behaviour.md): with disable_idle_d3=1 ENTRY still suspends; EXIT and close leave the
     // device D0 active (no close-time put).
     assert!(load("50-disable-idle-d3").disable_idle_d3);
     golden(
@@ -132,6 +132,41 @@ fn golden_11_entry_twice() {
             "EINVAL - | D3cold suspended",
         ],
     );
+}
+
+/// From `vfio_pci_rw` (drivers/vfio/pci/vfio_pci_core.c): the index check comes before
+/// `pm_runtime_resume_and_get`, so an access to a region the device does not have is EINVAL
+/// with no resume, for a read and a write, under either entry variant.
+#[test]
+fn golden_16b_44b_missing_region_does_not_wake() {
+    for (p, low) in [(Platform::D3hot, "D3hot"), (Platform::D3cold, "D3cold")] {
+        let suspended = format!("EINVAL - | {low} suspended");
+        golden(
+            "16b-entry-missing-region",
+            p,
+            &[
+                "ok - | D0 active",
+                &format!("ok - | {low} suspended"),
+                &suspended,
+                &suspended,
+                &suspended,
+                "ok - | D0 active",
+            ],
+        );
+        let suspended = format!("EINVAL A=0 | {low} suspended");
+        golden(
+            "44b-wakeup-missing-region",
+            p,
+            &[
+                "ok A=0 | D0 active",
+                &format!("ok A=0 | {low} suspended"),
+                &suspended,
+                &suspended,
+                &suspended,
+                "ok A=1 | D0 active",
+            ],
+        );
+    }
 }
 
 #[test]
@@ -348,7 +383,8 @@ fn outcomes(name: &str, platform: Platform) -> Vec<Vec<String>> {
 #[test]
 fn race_outcomes_include_what_qemu_kernels_did() {
     for p in Platform::ALL {
-        // 21: the reference's outcome (EXIT before the suspend: no signal) is the default;
+        // 21: the expected outcome (docs/kernel-behaviour.md, outcome 21: EXIT before the
+        // suspend, no signal) is the default;
         // 6.1 and 6.12 in QEMU always let the suspend win, so EXIT's own resume signalled.
         let o21 = outcomes("21-wakeup-exit-before-suspend", p);
         assert_eq!(

@@ -5,7 +5,9 @@
 //! Everything a VMM does is here, in the order it does it: VM build (SSDT, PM capability),
 //! the vCPU's I/O exit handler (trap register), config space emulation of the PM capability,
 //! wake wiring (GPE block + SCI irqfd), the event loop (epoll fd + poll), reset and shutdown.
-//! A real VMM opens `KernelDevice`s instead of `SimDevice`s; the rest is the same code.
+//! A real VMM wraps its own VFIO devices instead of `SimDevice`s
+//! (`vfio_pm::KernelDevice::from_vfio_device` or `from_device_fd`, docs/vmm-integration.md
+//! step 1); the rest is the same code.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -91,25 +93,37 @@ fn config_write(vpm: &mut VmmPowerManager, dev: Slot, reg: u64, width: usize, v:
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // The host: a D3cold-capable platform with a GPU and a NIC bound to vfio-pci.
+/// The VMM's host devices, in configuration order.
+type Devices = Vec<Box<dyn PowerDevice>>;
+
+/// The host: a D3cold-capable platform with a GPU and a NIC bound to vfio-pci.
+fn simulated_host() -> Result<(SimHost, Devices), Box<dyn std::error::Error>> {
     let host = SimHost::builder()
         .platform(Platform::D3cold)
         .device(DeviceConfig::new("0000:41:00.0".parse()?))
         .device(DeviceConfig::new("0000:42:00.0".parse()?))
         .build()?;
-    let devices: Vec<Box<dyn PowerDevice>> = host
+    let devices = host
         .addresses()
         .into_iter()
         .map(|a| host.open(a).map(|d| Box::new(d) as Box<dyn PowerDevice>))
         .collect::<Result<_, _>>()?;
+    Ok((host, devices))
+}
 
-    // Wake wiring: the ACPI GPE block the VMM emulates and the SCI irqfd it registered with
-    // KVM (KVM_IRQFD). The guest enables the GPE through GPE0_EN.
+/// Wake wiring: the ACPI GPE block the VMM emulates and the SCI irqfd it registered with KVM
+/// (KVM_IRQFD). The guest enables the GPE through GPE0_EN.
+fn gpe_wiring() -> std::io::Result<(Arc<GpeBlock>, EventFd, EventFdNotifier)> {
     let gpe = Arc::new(GpeBlock::new());
     let sci = EventFd::new(EFD_NONBLOCK)?;
     let mut notifier = EventFdNotifier::new();
     notifier.set_gpe(gpe.clone(), sci.try_clone()?);
+    Ok((gpe, sci, notifier))
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let (host, devices) = simulated_host()?;
+    let (gpe, sci, notifier) = gpe_wiring()?;
 
     // VM build.
     let config = VmmConfig::from_toml_str(CONFIG)?;

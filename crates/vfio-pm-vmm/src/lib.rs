@@ -84,3 +84,8 @@ pub mod trap;
 pub mod vmm;
 
 pub use request::{GuestRequest, PowerAction, Slot};
+
+/// docs/vmm-integration.md, whose Rust blocks run as this crate's doc tests.
+#[cfg(doctest)]
+#[doc = include_str!("../../../docs/vmm-integration.md")]
+pub struct VmmIntegrationGuide;

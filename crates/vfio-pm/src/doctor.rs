@@ -92,11 +92,31 @@ pub fn diagnose(
 ) -> Result<Diagnosis, SysfsError> {
     let dev = sysfs.device(address)?;
     let r: DeviceReport = dev.report();
-    let mut checks = Vec::new();
     let bdf = address.to_string();
-
     let vfio = r.is_vfio();
-    checks.push(match r.driver.known() {
+    let checks = vec![
+        vfio_bound_check(&r, address),
+        runtime_pm_check(&r, &bdf),
+        d3cold_allowed_check(&r, &bdf),
+        power_resources_check(&r),
+        disable_idle_d3_check(sysfs),
+        kernel_support_check(sysfs, address, support, vfio),
+        vfio_interfaces_check(sysfs, &dev),
+        parent_bridge_check(&r),
+    ];
+    let (d3cold_reachable, expected_idle_state) = expected_idle_state(&checks);
+    Ok(Diagnosis {
+        address,
+        d3cold_reachable,
+        expected_idle_state,
+        checks,
+    })
+}
+
+/// Bound to vfio-pci; the fix binds it.
+fn vfio_bound_check(r: &DeviceReport, address: PciAddress) -> Check {
+    let vfio = r.is_vfio();
+    match r.driver.known() {
         Some(driver) => check(
             "vfio_bound",
             if vfio { Verdict::Pass } else { Verdict::Fail },
@@ -109,10 +129,13 @@ pub fn diagnose(
             format!("driver: {}", r.driver.describe()),
             Some("run as root, or check the device directory's permissions"),
         ),
-    });
+    }
+}
 
+/// Runtime PM allowed (`power/control` = auto).
+fn runtime_pm_check(r: &DeviceReport, bdf: &str) -> Check {
     let control = r.power_control.known().map(String::as_str);
-    checks.push(check(
+    check(
         "runtime_pm_allowed",
         match control {
             Some("auto") => Verdict::Pass,
@@ -123,10 +146,13 @@ pub fn diagnose(
         Some(&format!(
             "echo auto > /sys/bus/pci/devices/{bdf}/power/control"
         )),
-    ));
+    )
+}
 
+/// The host lets the device go to D3cold (`d3cold_allowed` = 1).
+fn d3cold_allowed_check(r: &DeviceReport, bdf: &str) -> Check {
     let d3c = r.d3cold_allowed.known().copied();
-    checks.push(check(
+    check(
         "d3cold_allowed",
         match d3c {
             Some(true) => Verdict::Pass,
@@ -137,12 +163,13 @@ pub fn diagnose(
         Some(&format!(
             "echo 1 > /sys/bus/pci/devices/{bdf}/d3cold_allowed (if it reads back 0, the device has no PCI PM capability)"
         )),
-    ));
+    )
+}
 
-    checks.push(power_resources_check(&r));
-
+/// vfio-pci's `disable_idle_d3`: a warning only (low power still works on request).
+fn disable_idle_d3_check(sysfs: &Sysfs) -> Check {
     let idle = sysfs.vfio_disable_idle_d3();
-    checks.push(check(
+    check(
         "disable_idle_d3",
         match idle.known() {
             Some(false) => Verdict::Pass,
@@ -151,13 +178,13 @@ pub fn diagnose(
         },
         format!("vfio_pci disable_idle_d3: {}", idle.describe()),
         Some("unused devices stay in D0 (low power still works while a VMM requests it); set vfio_pci.disable_idle_d3=0 unless the device fails to resume"),
-    ));
+    )
+}
 
-    checks.push(kernel_support_check(sysfs, address, support, vfio));
-
-    // How a VMM can open the device: informational, it does not decide D3cold.
-    let offered = crate::iommufd::interfaces(sysfs, &dev);
-    checks.push(check(
+/// How a VMM can open the device: informational, it does not decide D3cold.
+fn vfio_interfaces_check(sysfs: &Sysfs, dev: &crate::SysfsDevice) -> Check {
+    let offered = crate::iommufd::interfaces(sysfs, dev);
+    check(
         "vfio_interfaces",
         if offered.group || offered.cdev_iommufd() {
             Verdict::Pass
@@ -166,12 +193,15 @@ pub fn diagnose(
         },
         offered.to_string(),
         Some("neither /dev/vfio/vfio with an IOMMU group nor a device cdev with /dev/iommu: load vfio (and iommufd where the kernel has CONFIG_IOMMUFD)"),
-    ));
+    )
+}
 
+/// The upstream bridge, if any, must allow runtime PM too.
+fn parent_bridge_check(r: &DeviceReport) -> Check {
     match &r.parent_bridge {
         Some(b) => {
             let ok = b.power_control.known().map(String::as_str) == Some("auto");
-            checks.push(check(
+            check(
                 "parent_bridge",
                 if ok { Verdict::Pass } else { Verdict::Fail },
                 format!(
@@ -185,16 +215,20 @@ pub fn diagnose(
                     "echo auto > /sys/bus/pci/devices/{}/power/control",
                     b.address
                 )),
-            ));
+            )
         }
-        None => checks.push(check(
+        None => check(
             "parent_bridge",
             Verdict::Pass,
             "on a root bus (no upstream bridge to keep powered)".into(),
             None,
-        )),
+        ),
     }
+}
 
+/// Whether D3cold is reachable (every blocking check passes), and the state an unused device
+/// should reach: D3cold, else D3hot when runtime PM works at all, else D0.
+fn expected_idle_state(checks: &[Check]) -> (bool, &'static str) {
     let blocking = |id: &str| {
         checks
             .iter()
@@ -211,7 +245,7 @@ pub fn diagnose(
     ]
     .iter()
     .all(|id| blocking(id));
-    let expected_idle_state = if d3cold_reachable {
+    let state = if d3cold_reachable {
         "D3cold"
     } else if blocking("vfio_bound") && blocking("runtime_pm_allowed") && blocking("kernel_support")
     {
@@ -219,12 +253,7 @@ pub fn diagnose(
     } else {
         "D0"
     };
-    Ok(Diagnosis {
-        address,
-        d3cold_reachable,
-        expected_idle_state,
-        checks,
-    })
+    (d3cold_reachable, state)
 }
 
 /// The shell commands that bind `address` to vfio-pci: a device held by another driver must be

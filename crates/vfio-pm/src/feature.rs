@@ -140,7 +140,7 @@ pub fn wakeup_payload(eventfd: i32) -> [u8; 8] {
 ///
 /// ENOTTY (older kernel, or a driver without the feature) and EINVAL (≤6.17 kernels with no
 /// `device_feature` op) both mean "not supported"; other errors are returned.
-pub fn probe_with(
+pub(crate) fn probe_with(
     call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
 ) -> Result<Support, FeatureError> {
     let mut support = Support::default();
@@ -170,12 +170,14 @@ fn set_with(
 }
 
 /// LOW_POWER_ENTRY through `call`.
-pub fn enter_with(call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>) -> Result<(), FeatureError> {
+pub(crate) fn enter_with(
+    call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
+) -> Result<(), FeatureError> {
     set_with(LowPowerFeature::Entry, call)
 }
 
 /// LOW_POWER_ENTRY_WITH_WAKEUP with `wakeup` through `call`.
-pub fn enter_with_wakeup_with(
+pub(crate) fn enter_with_wakeup_with(
     wakeup: &EventFd,
     call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
 ) -> Result<(), FeatureError> {
@@ -189,12 +191,14 @@ pub fn enter_with_wakeup_with(
 }
 
 /// LOW_POWER_EXIT through `call`.
-pub fn exit_with(call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>) -> Result<(), FeatureError> {
+pub(crate) fn exit_with(
+    call: impl Fn(u32, u32, &[u8]) -> Result<(), Errno>,
+) -> Result<(), FeatureError> {
     set_with(LowPowerFeature::Exit, call)
 }
 
 /// Asks whether the device supports each low-power feature (PROBE|SET; no state change).
-/// See [`probe_with`] for how errors are read.
+/// ENOTTY and EINVAL (≤6.17 kernels with no `device_feature` op) both mean "not supported".
 pub fn probe(fd: impl AsFd) -> Result<Support, FeatureError> {
     let fd = fd.as_fd();
     probe_with(|argsz, flags, payload| device_feature(fd, argsz, flags, payload))

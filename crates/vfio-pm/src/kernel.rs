@@ -99,9 +99,13 @@ impl std::fmt::Debug for DeviceFd {
 ///
 /// Region offsets come from `VFIO_DEVICE_GET_INFO` and `VFIO_DEVICE_GET_REGION_INFO`, asked
 /// once when the device is wrapped (ioctls: the kernel resumes a suspended device around them).
-/// An access to a region index the device does not have then fails with EINVAL without any
-/// ioctl, as the kernel's own read path answers (`vfio_pci_rw` checks the index before it
-/// resumes the device), instead of silently reading another region.
+/// An access to a region index the device does not have, or past a region's end, then fails
+/// with EINVAL without reaching the kernel, instead of silently reading another region. For an
+/// index beyond the kernel's regions that is the kernel's own answer (`vfio_pci_rw` in
+/// drivers/vfio/pci/vfio_pci_core.c checks it before it resumes the device; the QEMU checks
+/// phase asks the kernel directly). For an index the kernel counts but cannot serve (the VGA
+/// region of a non-VGA device, which `GET_REGION_INFO` refuses) the kernel would resume the
+/// device before refusing; this backend refuses without the wake.
 #[derive(Debug)]
 pub struct KernelDevice {
     address: PciAddress,

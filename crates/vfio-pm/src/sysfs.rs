@@ -134,18 +134,25 @@ impl Sysfs {
         })
     }
 
-    /// All PCI devices, in address order. Entries whose names are not PCI addresses are skipped.
+    /// All PCI devices, in address order. Entries whose names are not PCI addresses are skipped,
+    /// and so is a device removed between the listing and its lookup; an error reading the
+    /// directory is an error, not a shorter list.
     pub fn devices(&self) -> Result<Vec<SysfsDevice>, SysfsError> {
         let dir = self.root.join("bus/pci/devices");
-        let entries = std::fs::read_dir(&dir).map_err(|source| SysfsError::Io {
+        let io = |source| SysfsError::Io {
             path: dir.clone(),
             source,
-        })?;
-        let mut out: Vec<SysfsDevice> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().to_str()?.parse::<PciAddress>().ok())
-            .filter_map(|a| self.device(a).ok())
-            .collect();
+        };
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(io)? {
+            let name = entry.map_err(io)?.file_name();
+            let Some(address) = name.to_str().and_then(|n| n.parse::<PciAddress>().ok()) else {
+                continue;
+            };
+            if let Ok(device) = self.device(address) {
+                out.push(device);
+            }
+        }
         out.sort_by_key(|d| d.address);
         Ok(out)
     }

@@ -7,7 +7,9 @@
 //! QEMU guest).
 //!
 //! # Format
-//! One step per line; `#` starts a comment; blank lines are ignored. Directives:
+//! One step per line; `#` starts a comment; blank lines are ignored. A comment's "Outcome N"
+//! is item N of docs/kernel-behaviour.md, *Expected outcomes*; an italic section name or "the
+//! table" names a section of that file. Directives:
 //!
 //! | line | meaning |
 //! |---|---|

@@ -219,84 +219,10 @@ impl Scenario {
             let Some((&cmd, args)) = words.split_first() else {
                 return Err(err("`nosettle` needs a step".into()));
             };
-            let kind = match (cmd, args) {
-                ("platform", [p]) => {
-                    sc.platforms = match *p {
-                        "any" | "both" => Platforms::Any,
-                        other => Platforms::Only(other.parse().map_err(|e| err(format!("{e}")))?),
-                    };
-                    continue;
-                }
-                ("module", [kv]) => {
-                    sc.disable_idle_d3 = match *kv {
-                        "disable_idle_d3=1" => true,
-                        "disable_idle_d3=0" => false,
-                        other => {
-                            return Err(err(format!(
-                                "module: expected disable_idle_d3=0|1, got {other:?}"
-                            )))
-                        }
-                    };
-                    continue;
-                }
-                ("timing-sensitive", []) => {
-                    sc.timing_sensitive = true;
-                    continue;
-                }
-                ("open", []) => StepKind::Open,
-                ("reopen", []) => StepKind::Reopen,
-                ("close", []) => StepKind::Close,
-                ("settle", []) => StepKind::Settle,
-                ("ioctl", []) => StepKind::Ioctl,
-                ("config-read", []) => StepKind::ConfigRead,
-                ("reset", []) => StepKind::Reset,
-                ("feature", [flags, rest @ ..]) => {
-                    let f = parse_feature(flags, rest).map_err(err)?;
-                    if let Some(Fd::EventFd(name)) = &f.fd {
-                        if !sc.eventfds.contains(name) {
-                            sc.eventfds.push(name.clone());
-                        }
-                    }
-                    StepKind::Feature(f)
-                }
-                ("region-read", [r, off, len]) => StepKind::RegionRead {
-                    region: parse_region(r).map_err(err)?,
-                    offset: parse_u64(off).map_err(err)?,
-                    len: usize::try_from(parse_u64(len).map_err(err)?)
-                        .ok()
-                        .filter(|&l| l <= 1 << 20)
-                        .ok_or_else(|| err(format!("length {len} too large (max 1 MiB)")))?,
-                },
-                ("region-write", [r, off, hex]) => StepKind::RegionWrite {
-                    region: parse_region(r).map_err(err)?,
-                    offset: parse_u64(off).map_err(err)?,
-                    data: parse_hex(hex).map_err(err)?,
-                },
-                ("mmap-touch", [r]) => StepKind::MmapTouch {
-                    region: parse_region(r).map_err(err)?,
-                },
-                ("pmcsr", [what]) => StepKind::Pmcsr(match what.to_ascii_lowercase().as_str() {
-                    "d0" => PmcsrStep::Write(0),
-                    "d1" => PmcsrStep::Write(1),
-                    "d2" => PmcsrStep::Write(2),
-                    "d3hot" | "d3" => PmcsrStep::Write(3),
-                    "read" => PmcsrStep::Read,
-                    other => return Err(err(format!("pmcsr: unknown state {other:?}"))),
-                }),
-                ("knob", [kv]) => StepKind::Knob(match *kv {
-                    "control=on" => Knob::Control(false),
-                    "control=auto" => Knob::Control(true),
-                    "d3cold=0" => Knob::D3cold(false),
-                    "d3cold=1" => Knob::D3cold(true),
-                    other => return Err(err(format!("knob: unknown setting {other:?}"))),
-                }),
-                (cmd, args) => {
-                    return Err(err(format!(
-                        "unknown step or wrong arguments: {cmd} {}",
-                        args.join(" ")
-                    )))
-                }
-            };
+            if sc.directive(cmd, args).map_err(err)? {
+                continue;
+            }
+            let kind = parse_step(cmd, args, &mut sc.eventfds).map_err(err)?;
             let text = if settle {
                 words.join(" ")
             } else {
@@ -310,6 +236,35 @@ impl Scenario {
             });
         }
         Ok(sc)
+    }
+
+    /// Applies a header directive (`platform`, `module`, `timing-sensitive`); false when
+    /// `cmd` is a step.
+    fn directive(&mut self, cmd: &str, args: &[&str]) -> Result<bool, String> {
+        match (cmd, args) {
+            ("platform", [p]) => {
+                self.platforms = match *p {
+                    "any" | "both" => Platforms::Any,
+                    other => Platforms::Only(other.parse().map_err(|e| format!("{e}"))?),
+                };
+            }
+            ("module", [kv]) => {
+                self.disable_idle_d3 = match *kv {
+                    "disable_idle_d3=1" => true,
+                    "disable_idle_d3=0" => false,
+                    other => {
+                        return Err(format!(
+                            "module: expected disable_idle_d3=0|1, got {other:?}"
+                        ))
+                    }
+                };
+            }
+            ("timing-sensitive", []) => {
+                self.timing_sensitive = true;
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
     }
 
     /// Reads and parses one `.scn` file; the name is the file stem.
@@ -446,6 +401,66 @@ fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
                 .ok_or_else(|| format!("bad hex {text:?}"))
         })
         .collect()
+}
+
+/// One step line: `cmd` and its arguments. A `feature` step's named eventfd is added to
+/// `eventfds` (in order of first mention).
+fn parse_step(cmd: &str, args: &[&str], eventfds: &mut Vec<String>) -> Result<StepKind, String> {
+    Ok(match (cmd, args) {
+        ("open", []) => StepKind::Open,
+        ("reopen", []) => StepKind::Reopen,
+        ("close", []) => StepKind::Close,
+        ("settle", []) => StepKind::Settle,
+        ("ioctl", []) => StepKind::Ioctl,
+        ("config-read", []) => StepKind::ConfigRead,
+        ("reset", []) => StepKind::Reset,
+        ("feature", [flags, rest @ ..]) => {
+            let f = parse_feature(flags, rest)?;
+            if let Some(Fd::EventFd(name)) = &f.fd {
+                if !eventfds.contains(name) {
+                    eventfds.push(name.clone());
+                }
+            }
+            StepKind::Feature(f)
+        }
+        ("region-read", [r, off, len]) => StepKind::RegionRead {
+            region: parse_region(r)?,
+            offset: parse_u64(off)?,
+            len: usize::try_from(parse_u64(len)?)
+                .ok()
+                .filter(|&l| l <= 1 << 20)
+                .ok_or_else(|| format!("length {len} too large (max 1 MiB)"))?,
+        },
+        ("region-write", [r, off, hex]) => StepKind::RegionWrite {
+            region: parse_region(r)?,
+            offset: parse_u64(off)?,
+            data: parse_hex(hex)?,
+        },
+        ("mmap-touch", [r]) => StepKind::MmapTouch {
+            region: parse_region(r)?,
+        },
+        ("pmcsr", [what]) => StepKind::Pmcsr(match what.to_ascii_lowercase().as_str() {
+            "d0" => PmcsrStep::Write(0),
+            "d1" => PmcsrStep::Write(1),
+            "d2" => PmcsrStep::Write(2),
+            "d3hot" | "d3" => PmcsrStep::Write(3),
+            "read" => PmcsrStep::Read,
+            other => return Err(format!("pmcsr: unknown state {other:?}")),
+        }),
+        ("knob", [kv]) => StepKind::Knob(match *kv {
+            "control=on" => Knob::Control(false),
+            "control=auto" => Knob::Control(true),
+            "d3cold=0" => Knob::D3cold(false),
+            "d3cold=1" => Knob::D3cold(true),
+            other => return Err(format!("knob: unknown setting {other:?}")),
+        }),
+        (cmd, args) => {
+            return Err(format!(
+                "unknown step or wrong arguments: {cmd} {}",
+                args.join(" ")
+            ))
+        }
+    })
 }
 
 fn parse_region(text: &str) -> Result<Region, String> {

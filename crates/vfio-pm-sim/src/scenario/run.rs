@@ -93,7 +93,7 @@ pub fn run_with(
         let eventfds = runner
             .efds
             .iter()
-            .map(|(name, e)| (name.clone(), e.read().unwrap_or(0)))
+            .map(|(name, e)| (name.clone(), read_counter(e)))
             .collect();
         let power = match &runner.device {
             None => "-".to_string(),
@@ -290,4 +290,15 @@ fn io_errno(e: &std::io::Error) -> Errno {
 /// The errno's symbolic name (`EINVAL`).
 pub(crate) fn errno_name(e: Errno) -> String {
     format!("{e:?}")
+}
+
+/// A named eventfd's counter, read and reset: 0 when nothing was signalled (the runner's
+/// eventfds are non-blocking). Any other read error records `u64::MAX`, a count no kernel
+/// produces, so the trace cannot pass for a silent one.
+fn read_counter(efd: &EventFd) -> u64 {
+    match efd.read() {
+        Ok(count) => count,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => 0,
+        Err(_) => u64::MAX,
+    }
 }

@@ -1,7 +1,7 @@
 //! SSDT generation: virtual ACPI power resources for passthrough devices.
 //!
 //! [`build_ssdt`] turns a validated [`VmmConfig`] into a complete SSDT (header, OEM ids, checksum)
-//! built with `acpi_tables` plus the objects in [`ops`] that it lacks or gets wrong. For a QEMU
+//! built with `acpi_tables` plus the objects in `aml/ops.rs` that it lacks or gets wrong. For a QEMU
 //! e1000e at 00:05.0 (`\_SB.PCI0.S28`, slot 0, trap port 0x440, GPE 0x10) the table reads, as
 //! `iasl -d` prints it:
 //!
@@ -57,7 +57,10 @@
 //! The route is per device ([`DeviceConfig::route`]), so one table can mix them.
 
 mod mailbox;
+#[cfg(any(test, feature = "test-utils"))]
 pub mod ops;
+#[cfg(not(any(test, feature = "test-utils")))]
+mod ops;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod tools;
 
@@ -79,15 +82,15 @@ use acpi_tables::Aml;
 use ops::{External, ExternalBlock, PowerResource, Raw, OBJECT_TYPE_DEVICE};
 
 /// Name of the trap OperationRegion, under `\_SB`.
-pub const TRAP_REGION: &str = "VPMR";
+pub(crate) const TRAP_REGION: &str = "VPMR";
 /// Name of the trap field, under `\_SB`.
-pub const TRAP_FIELD: &str = "VPMT";
+pub(crate) const TRAP_FIELD: &str = "VPMT";
 /// Name of the GED wake method, under `\_SB`.
-pub const GED_METHOD: &str = "VPMW";
+pub(crate) const GED_METHOD: &str = "VPMW";
 /// Name of the power state `Name` inside each power resource.
-pub const STATE_NAME: &str = "STAT";
+pub(crate) const STATE_NAME: &str = "STAT";
 /// `_PRW` sleep state: the deepest system state the device can wake from.
-pub const PRW_SLEEP_STATE: u8 = 3;
+pub(crate) const PRW_SLEEP_STATE: u8 = 3;
 /// SSDT revision (2: 64-bit integers).
 pub const SSDT_REVISION: u8 = 2;
 
@@ -142,11 +145,29 @@ pub fn gpe_method_name(gpe: u8, trigger: GpeTrigger) -> NameSeg {
 }
 
 /// The AML body (everything after the 36-byte header) for `config`.
-pub fn build_body(config: &VmmConfig) -> Vec<u8> {
+pub(crate) fn build_body(config: &VmmConfig) -> Vec<u8> {
     let mut out = Vec::new();
     let devices = config.devices();
+    build_externals(config, &mut out);
+    // The trap register, the mailbox method and, for the GED route, the wake method.
+    build_sb_scope(config).to_aml_bytes(&mut out);
+    if let Some(mb) = config.mailbox() {
+        mailbox::bar_fields(mb, &mut out);
+    }
 
-    // External declarations: every ancestor scope except \_SB, existing device nodes, root ports.
+    // Per device: power resource and device objects.
+    for d in devices {
+        build_device(d, config.mailbox().is_some(), &mut out);
+    }
+
+    build_root_ports(devices, &mut out);
+    build_gpe_methods(config, &mut out);
+    out
+}
+
+/// External declarations: every ancestor scope except \_SB, existing device nodes, root ports.
+fn build_externals(config: &VmmConfig, out: &mut Vec<u8>) {
+    let devices = config.devices();
     let mut externals: Vec<AcpiPath> = Vec::new();
     let add_with_ancestors = |p: &AcpiPath, externals: &mut Vec<AcpiPath>| {
         let segs = p.segments();
@@ -189,20 +210,11 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
             })
             .collect(),
     }
-    .to_aml_bytes(&mut out);
+    .to_aml_bytes(out);
+}
 
-    // The trap register, the mailbox method and, for the GED route, the wake method.
-    build_sb_scope(config).to_aml_bytes(&mut out);
-    if let Some(mb) = config.mailbox() {
-        mailbox::bar_fields(mb, &mut out);
-    }
-
-    // Per device: power resource and device objects.
-    for d in devices {
-        build_device(d, config.mailbox().is_some(), &mut out);
-    }
-
-    // Root ports.
+/// Root ports: `_PR0`/`_PR3` naming the power resources of the devices behind each, `_S0W`.
+fn build_root_ports(devices: &[DeviceConfig], out: &mut Vec<u8>) {
     let mut ports: Vec<&AcpiPath> = Vec::new();
     for d in devices {
         if let Some(rp) = &d.root_port {
@@ -233,34 +245,34 @@ pub fn build_body(config: &VmmConfig) -> Vec<u8> {
             children.push(&pr3);
         }
         children.push(&s0w);
-        Scope::new(abs(rp), children).to_aml_bytes(&mut out);
+        Scope::new(abs(rp), children).to_aml_bytes(out);
     }
+}
 
-    // GPE methods (devices on the GPE route only; a `pcie_pme` device's wake is the guest's PCIe
-    // PME service driver handling its root port's interrupt, no AML).
-    {
-        let trigger = config.wake().trigger;
-        let methods: Vec<(NameSeg, &AcpiPath)> = devices
+/// GPE methods (devices on the GPE route only; a `pcie_pme` device's wake is the guest's PCIe
+/// PME service driver handling its root port's interrupt, no AML).
+fn build_gpe_methods(config: &VmmConfig, out: &mut Vec<u8>) {
+    let devices = config.devices();
+    let trigger = config.wake().trigger;
+    let methods: Vec<(NameSeg, &AcpiPath)> = devices
+        .iter()
+        .filter(|d| d.has_wake() && d.route == RouteKind::Gpe)
+        .filter_map(|d| d.gpe.map(|g| (gpe_method_name(g, trigger), &d.acpi_path)))
+        .collect();
+    if !methods.is_empty() {
+        let two: u8 = 2;
+        let notifies: Vec<Notify> = methods
             .iter()
-            .filter(|d| d.has_wake() && d.route == RouteKind::Gpe)
-            .filter_map(|d| d.gpe.map(|g| (gpe_method_name(g, trigger), &d.acpi_path)))
+            .map(|(_, p)| Notify::new(*p as &dyn Aml, &two))
             .collect();
-        if !methods.is_empty() {
-            let two: u8 = 2;
-            let notifies: Vec<Notify> = methods
-                .iter()
-                .map(|(_, p)| Notify::new(*p as &dyn Aml, &two))
-                .collect();
-            let ms: Vec<Method> = methods
-                .iter()
-                .zip(&notifies)
-                .map(|((name, _), n)| Method::new(rel(*name), 0, false, vec![n as &dyn Aml]))
-                .collect();
-            let children: Vec<&dyn Aml> = ms.iter().map(|m| m as &dyn Aml).collect();
-            Scope::new(Path::new("\\_GPE"), children).to_aml_bytes(&mut out);
-        }
+        let ms: Vec<Method> = methods
+            .iter()
+            .zip(&notifies)
+            .map(|((name, _), n)| Method::new(rel(*name), 0, false, vec![n as &dyn Aml]))
+            .collect();
+        let children: Vec<&dyn Aml> = ms.iter().map(|m| m as &dyn Aml).collect();
+        Scope::new(Path::new("\\_GPE"), children).to_aml_bytes(out);
     }
-    out
 }
 
 fn build_sb_scope(config: &VmmConfig) -> Raw {

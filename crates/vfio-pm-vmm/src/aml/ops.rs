@@ -4,8 +4,10 @@
 //! * [`PowerResource`]: `acpi_tables::aml::PowerResource` emits its opcode bytes swapped
 //!   (`0x84 0x5B`); `iasl -d` rejects such a table and real kernels misplace the methods.
 //! * [`External`] and [`ExternalBlock`]: not in `acpi_tables`.
-//! * [`AcpiPath`] and [`NameSeg`] implement [`Aml`] here so that name strings never go through
-//!   `acpi_tables::aml::Path::new`, which panics on malformed names.
+//! * [`AcpiPath`] and [`NameSeg`] implement [`Aml`] here, encoding their already validated
+//!   segments directly. `acpi_tables::aml::Path::new` panics on a malformed name; the generator
+//!   still calls it (`abs`, `rel` and the `\_GPE`/`\_SB_` scopes in `aml/mod.rs`), but only
+//!   with validated segments or constants, never with text it has not checked.
 
 use crate::config::{AcpiPath, NameSeg};
 use acpi_tables::{Aml, AmlSink};

@@ -56,7 +56,12 @@ use vfio_pm::PciAddress;
 pub const MAX_DEVICES: usize = crate::trap::MAX_SLOTS;
 
 /// Names the generator puts directly under `\_SB`; no configured device may use them.
-pub const RESERVED_SB_NAMES: [&str; 4] = ["VPMR", "VPMT", "VPMW", "VPMA"];
+pub const RESERVED_SB_NAMES: [&str; 4] = [
+    crate::aml::TRAP_REGION,
+    crate::aml::TRAP_FIELD,
+    crate::aml::GED_METHOD,
+    crate::aml::MAILBOX_METHOD,
+];
 
 /// I/O port ranges that QEMU (and its firmware) already use on x86; a TOML configuration's trap
 /// port must avoid them ([`VmmConfig::from_toml_str`]).

@@ -225,8 +225,9 @@ fn validate_trap(t: &TrapFile) -> Result<TrapRegister, ConfigError> {
                 ));
             }
             let width = t.width as u8;
-            // TOML integers are i64; reinterpret so addresses above 2^63 can be written as negative
-            // numbers is not worth it: guest-physical addresses fit in 63 bits.
+            // TOML integers are i64, so addresses of 2^63 and above cannot be written; they are
+            // not needed (guest-physical addresses fit in 63 bits), and a negative value is
+            // refused rather than reinterpreted as one.
             let address = range("trap.address", t.address, 0, i64::MAX)? as u64;
             let bad = |reason| {
                 invalid(
@@ -294,10 +295,44 @@ fn validate_device(
     if d.d3cold && !d.has_pm_capability {
         return Err(invalid(f("has_pm_capability"), Problem::NoPmCapability));
     }
+    let (root_port, root_port_bdf) = root_port_of(i, d, &acpi_path)?;
+    let (route, gpe) = wake_of(i, d, wake, root_port.is_some())?;
+    // `validate` refused more than MAX_DEVICES (64) devices, so the index fits the trap encoding.
+    let slot = Slot(i as u32);
+    let power_resource = power_resource_of(i, d, slot, &parent)?;
+    Ok(DeviceConfig {
+        slot,
+        acpi_path,
+        pci_address,
+        vendor_id,
+        device_id,
+        class_code,
+        d3cold: d.d3cold,
+        wakeup: d.wakeup,
+        pme_support: d.pme_support,
+        has_pm_capability: d.has_pm_capability,
+        hotplug_eject: d.hotplug_eject,
+        root_port,
+        root_port_bdf,
+        route,
+        gpe,
+        power_resource,
+        node: d.node,
+    })
+}
+
+/// A device's `root_port` (an ancestor of its node) and `root_port_bdf` (only with a root
+/// port).
+fn root_port_of(
+    i: usize,
+    d: &DeviceFile,
+    acpi_path: &AcpiPath,
+) -> Result<(Option<AcpiPath>, Option<PciAddress>), ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
     let root_port = match &d.root_port {
         Some(text) => {
             let rp = path(&f("root_port"), text)?;
-            if !rp.is_ancestor_of(&acpi_path) {
+            if !rp.is_ancestor_of(acpi_path) {
                 return Err(invalid(
                     f("root_port"),
                     Problem::RootPortNotAncestor {
@@ -320,9 +355,21 @@ fn validate_device(
             Some(bdf)
         }
     };
+    Ok((root_port, root_port_bdf))
+}
+
+/// A device's wake route and GPE: `pcie_pme` needs a root port and PME support, `wakeup =
+/// "always"` needs the GPE route, and a GPE is given exactly when the GPE route wakes.
+fn wake_of(
+    i: usize,
+    d: &DeviceFile,
+    wake: WakeConfig,
+    has_root_port: bool,
+) -> Result<(RouteKind, Option<u8>), ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
     let route = d.wake_route.unwrap_or(wake.route);
     if route == RouteKind::PciePme && d.wakeup != WakeupMode::Never {
-        if root_port.is_none() {
+        if !has_root_port {
             return Err(invalid(f("root_port"), Problem::PciePmeNeedsRootPort));
         }
         if !d.pme_support {
@@ -339,9 +386,19 @@ fn validate_device(
         (None, true) => return Err(invalid(f("gpe"), Problem::MissingGpe { wakeup: d.wakeup })),
         (Some(_), false) => return Err(invalid(f("gpe"), Problem::UnusedGpe)),
     };
-    // `validate` refused more than MAX_DEVICES (64) devices, so the index fits the trap encoding.
-    let slot = Slot(i as u32);
-    let power_resource = match (&d.power_resource, d.d3cold) {
+    Ok((route, gpe))
+}
+
+/// The power resource of a `d3cold` device: the given name or `PRxx`, in the node's parent
+/// scope; none without D3cold.
+fn power_resource_of(
+    i: usize,
+    d: &DeviceFile,
+    slot: Slot,
+    parent: &AcpiPath,
+) -> Result<Option<AcpiPath>, ConfigError> {
+    let f = |name: &str| format!("devices[{i}].{name}");
+    Ok(match (&d.power_resource, d.d3cold) {
         (Some(_), false) => return Err(invalid(f("power_resource"), Problem::UnusedPowerResource)),
         (None, false) => None,
         (given, true) => {
@@ -360,25 +417,6 @@ fn validate_device(
             // The parent has at most 254 segments, so the child always fits.
             parent.child(seg)
         }
-    };
-    Ok(DeviceConfig {
-        slot,
-        acpi_path,
-        pci_address,
-        vendor_id,
-        device_id,
-        class_code,
-        d3cold: d.d3cold,
-        wakeup: d.wakeup,
-        pme_support: d.pme_support,
-        has_pm_capability: d.has_pm_capability,
-        hotplug_eject: d.hotplug_eject,
-        root_port,
-        root_port_bdf,
-        route,
-        gpe,
-        power_resource,
-        node: d.node,
     })
 }
 
@@ -465,8 +503,21 @@ fn check_clashes(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
 /// Groups the devices by root port, resolves each root port's PCI address (given once, equal
 /// wherever repeated) into every device behind it, and checks the `pcie_pme` devices have one.
 fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfig>, ConfigError> {
+    let ports = group_root_ports(devices)?;
+    check_root_port_addresses(&ports, devices)?;
+    resolve_root_port_bdfs(&ports, devices)?;
+    check_requester_ids(devices)?;
+    Ok(ports.into_iter().map(|(p, _)| p).collect())
+}
+
+/// A root port given with its address by a device (the index of the first that gave it).
+type GivenRootPort = (RootPortConfig, Option<usize>);
+
+/// The distinct root ports in order of first use, each with its devices and the address the
+/// devices give (equal wherever repeated).
+fn group_root_ports(devices: &[DeviceConfig]) -> Result<Vec<GivenRootPort>, ConfigError> {
     let f = |i: usize, name: &str| format!("devices[{i}].{name}");
-    let mut ports: Vec<(RootPortConfig, Option<usize>)> = Vec::new();
+    let mut ports: Vec<GivenRootPort> = Vec::new();
     for (i, d) in devices.iter().enumerate() {
         let Some(rp) = &d.root_port else { continue };
         let k = match ports.iter().position(|(p, _)| p.acpi_path == *rp) {
@@ -506,7 +557,15 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             }
         }
     }
-    // Distinct root ports have distinct addresses, and no device has a root port's address.
+    Ok(ports)
+}
+
+/// Distinct root ports have distinct addresses, and no device has a root port's address.
+fn check_root_port_addresses(
+    ports: &[GivenRootPort],
+    devices: &[DeviceConfig],
+) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (k, (p, given_by)) in ports.iter().enumerate() {
         let (Some(bdf), Some(i)) = (p.pci_address, *given_by) else {
             continue;
@@ -542,6 +601,16 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
+    Ok(())
+}
+
+/// Every device behind a root port gets the port's address, must sit below it, and needs one
+/// for the `pcie_pme` route.
+fn resolve_root_port_bdfs(
+    ports: &[GivenRootPort],
+    devices: &mut [DeviceConfig],
+) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (i, d) in devices.iter_mut().enumerate() {
         let Some(rp) = &d.root_port else { continue };
         let Some((port, _)) = ports.iter().find(|(p, _)| p.acpi_path == *rp) else {
@@ -569,7 +638,13 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
-    // The root ports' PME queues and the notifier key on the requester ID.
+    Ok(())
+}
+
+/// The root ports' PME queues and the notifier key on the requester ID: unique among the
+/// `pcie_pme` devices that wake.
+fn check_requester_ids(devices: &[DeviceConfig]) -> Result<(), ConfigError> {
+    let f = |i: usize, name: &str| format!("devices[{i}].{name}");
     for (i, d) in devices.iter().enumerate() {
         if d.route != RouteKind::PciePme || !d.has_wake() {
             continue;
@@ -586,5 +661,5 @@ fn validate_root_ports(devices: &mut [DeviceConfig]) -> Result<Vec<RootPortConfi
             ));
         }
     }
-    Ok(ports.into_iter().map(|(p, _)| p).collect())
+    Ok(())
 }

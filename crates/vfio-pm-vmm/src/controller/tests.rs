@@ -2,6 +2,7 @@
 //! `tests/controller_sim.rs`.
 
 use super::*;
+use crate::pme::WakeRoute;
 
 fn settings(vendor: u16, class: u32) -> DeviceSettings {
     DeviceSettings::new(

@@ -47,8 +47,7 @@ mod summary;
 pub use builder::{pm_capability_config_for, settings_for, VmmBuilder};
 pub use summary::SsdtSummary;
 
-use crate::aml;
-use crate::config::{DeviceConfig, TrapRegister, TrapSpace, VmmConfig};
+use crate::config::{TrapSpace, VmmConfig};
 use crate::controller::{
     Controller, ControllerError, DeviceSettings, DeviceStats, HostPower, LowPowerVariant,
     RequestOutcome, TeardownReport,
@@ -56,7 +55,7 @@ use crate::controller::{
 use crate::pme::{
     GuestNotifier, PciPowerState, PmCapability, PmWriteOutcome, RegisterError, RootPortPme,
 };
-use crate::request::{GuestRequest, PowerAction, Slot};
+use crate::request::{GuestRequest, Slot};
 use crate::trap::{TrapDecoder, TrapError};
 use std::os::fd::RawFd;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -161,9 +160,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 /// The bytes a guest writes to the trap register for `action` of `device` (the value the
-/// generated AML stores, little endian, the register's width).
-pub fn trap_bytes(trap: TrapRegister, device: &DeviceConfig, action: PowerAction) -> Vec<u8> {
-    let value = aml::trap_value(device, action);
+/// generated AML stores, little endian, the register's width). For the simulated guest and the
+/// fuzz targets (`test-utils`).
+#[cfg(any(test, feature = "test-utils"))]
+pub fn trap_bytes(
+    trap: crate::config::TrapRegister,
+    device: &crate::config::DeviceConfig,
+    action: crate::request::PowerAction,
+) -> Vec<u8> {
+    let value = crate::aml::trap_value(device, action);
     value.to_le_bytes()[..usize::from(trap.width.min(8))].to_vec()
 }
 
