@@ -138,8 +138,17 @@ fn sim_host(n: usize) -> SimHost {
     b.build().unwrap()
 }
 
-/// The controller on its own thread over `n` armed devices.
-fn controller(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
+/// A controller over `n` devices of a simulated host, every one armed by a guest `_OFF`; its
+/// notifier writes `irq`, and `armed` counts re-armings.
+struct ArmedRig {
+    host: SimHost,
+    ctl: Controller,
+    slots: Vec<Slot>,
+    irq: EventFd,
+    armed: EventFd,
+}
+
+fn armed_rig(n: usize) -> ArmedRig {
     let host = sim_host(n);
     let irq = blocking_eventfd();
     let armed = blocking_eventfd();
@@ -163,9 +172,30 @@ fn controller(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
         ctl.power_off(s).unwrap();
     }
     assert_eq!(armed.read().unwrap(), n as u64);
+    ArmedRig {
+        host,
+        ctl,
+        slots,
+        irq,
+        armed,
+    }
+}
+
+/// The controller on its own thread over `n` armed devices.
+fn controller(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
+    let ArmedRig {
+        host,
+        ctl,
+        slots,
+        irq,
+        armed,
+    } = armed_rig(n);
     host.run_pending();
     let handle = ctl.handle();
-    let runner = thread::spawn(move || ctl.run().map(|_| ctl));
+    let runner = thread::spawn(move || {
+        let mut ctl = ctl;
+        ctl.run().map(|_| ctl)
+    });
     let mut out = Vec::with_capacity(samples);
     let mut calls = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -204,32 +234,19 @@ fn signal(raw: std::os::fd::RawFd) {
 
 /// The controller on its own thread over `n` armed devices, woken by a direct eventfd write.
 fn controller_direct(n: usize, samples: usize, rng: &mut Rng) -> Summary {
-    let host = sim_host(n);
-    let irq = blocking_eventfd();
-    let armed = blocking_eventfd();
-    let mut ctl = Controller::new(
-        ControllerConfig::default(),
-        Box::new(IrqfdNotifier(irq.try_clone().unwrap())),
-        Box::new(MonotonicClock::new()),
-        Box::new(ArmedSignal(armed.try_clone().unwrap())),
-    )
-    .unwrap();
-    let mut settings =
-        DeviceSettings::new(0x10de, None, 0x030000, Some(WakeRoute::Ged { event: 0 }));
-    settings.min_residency = std::time::Duration::ZERO;
-    let slots: Vec<Slot> = (0..n)
-        .map(|i| {
-            let dev: Box<dyn PowerDevice> = Box::new(host.open(addr(i)).unwrap());
-            ctl.add_device(dev, settings).unwrap()
-        })
-        .collect();
-    for &s in &slots {
-        ctl.power_off(s).unwrap();
-    }
-    assert_eq!(armed.read().unwrap(), n as u64);
+    let ArmedRig {
+        host: _host,
+        ctl,
+        slots,
+        irq,
+        armed,
+    } = armed_rig(n);
     let fds: Vec<_> = slots.iter().map(|&s| ctl.wake_fd(s).unwrap()).collect();
     let handle = ctl.handle();
-    let runner = thread::spawn(move || ctl.run().map(|_| ctl));
+    let runner = thread::spawn(move || {
+        let mut ctl = ctl;
+        ctl.run().map(|_| ctl)
+    });
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let i = rng.below(n);

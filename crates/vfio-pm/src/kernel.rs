@@ -255,9 +255,8 @@ impl KernelDevice {
     }
 }
 
-/// Every region the kernel describes (`num_regions` from `VFIO_DEVICE_GET_INFO`); an index the
-/// kernel refuses (EINVAL: the VGA region of a non-VGA device) is left out.
-fn query_regions(fd: BorrowedFd<'_>) -> Result<Vec<RegionInfo>, Errno> {
+/// `VFIO_DEVICE_GET_INFO` (an ioctl: the kernel resumes a suspended device around it).
+fn device_info(fd: BorrowedFd<'_>) -> Result<vfio_device_info, Errno> {
     let mut info = vfio_device_info {
         argsz: std::mem::size_of::<vfio_device_info>() as u32,
         ..Default::default()
@@ -268,8 +267,16 @@ fn query_regions(fd: BorrowedFd<'_>) -> Result<Vec<RegionInfo>, Errno> {
         vmm_sys_util::ioctl::ioctl_with_mut_ref(&fd, VFIO_DEVICE_GET_INFO_IOCTL(), &mut info)
     };
     if ret < 0 {
-        return Err(Errno::last());
+        Err(Errno::last())
+    } else {
+        Ok(info)
     }
+}
+
+/// Every region the kernel describes (`num_regions` from `VFIO_DEVICE_GET_INFO`); an index the
+/// kernel refuses (EINVAL: the VGA region of a non-VGA device) is left out.
+fn query_regions(fd: BorrowedFd<'_>) -> Result<Vec<RegionInfo>, Errno> {
+    let info = device_info(fd)?;
     let mut regions = Vec::new();
     for index in 0..info.num_regions.min(MAX_REGIONS) {
         let mut r = vfio_region_info {
@@ -386,21 +393,7 @@ impl PowerDevice for KernelDevice {
 
 impl ConformanceDevice for KernelDevice {
     fn device_ioctl(&self) -> Result<(), Errno> {
-        let fd = self.fd()?;
-        let mut info = vfio_device_info {
-            argsz: std::mem::size_of::<vfio_device_info>() as u32,
-            ..Default::default()
-        };
-        // SAFETY: `info` is a properly sized and initialised vfio_device_info whose argsz
-        // matches its size; the kernel writes only within it; the fd is open for the call.
-        let ret = unsafe {
-            vmm_sys_util::ioctl::ioctl_with_mut_ref(&fd, VFIO_DEVICE_GET_INFO_IOCTL(), &mut info)
-        };
-        if ret < 0 {
-            Err(Errno::last())
-        } else {
-            Ok(())
-        }
+        device_info(self.fd()?).map(|_| ())
     }
 
     fn bar_mmap_access(&self, region: u32) -> Result<MmapAccess, Errno> {
