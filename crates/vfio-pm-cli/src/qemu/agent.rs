@@ -91,6 +91,19 @@ fn qemu_gone(fd: &OwnedFd) -> bool {
     matches!(nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
+/// Where the kernel names the device of an fd (`vfio-device-syspath` in fdinfo, Linux 6.18+),
+/// the adopted fd must be the device asked for; older kernels do not say, and the group's
+/// `VFIO_GROUP_GET_DEVICE_FD` by address is the identification.
+fn confirm_device(fd: &OwnedFd, host: PciAddress) -> Result<()> {
+    match vfio_pm::fdinfo::pci_address_of_fd(fd) {
+        Ok(Some(named)) if named != host => {
+            bail!("the fd taken for {host} is device {named} (fdinfo vfio-device-syspath)")
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("{host}: reading the adopted fd's fdinfo")),
+    }
+}
+
 /// Second fds for every managed device, taken from QEMU's groups as soon as it has set them
 /// up. `None` when QEMU exited first.
 fn adopt_all(
@@ -110,6 +123,7 @@ fn adopt_all(
             }
             match vfio_pm::adopt::adopt_device(sysfs, pid, host) {
                 Ok(fd) => {
+                    confirm_device(&fd, host)?;
                     let dev = KernelDevice::from_device_fd(sysfs, host, fd)
                         .with_context(|| format!("{host}: the adopted fd"))?;
                     out.note(
@@ -309,6 +323,106 @@ impl Loop<'_> {
     }
 }
 
+impl Loop<'_> {
+    /// Serves doorbells, timers and signals until QEMU exits (or, attached, a stop signal).
+    fn serve_until_exit(&mut self, vm: &mut Vm, sigfd: &SignalFd) -> Result<()> {
+        let mut events = vec![EpollEvent::default(); 8];
+        loop {
+            let n = match self.epoll.wait(self.timeout_ms(), &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
+                Err(e) => return Err(e).context("epoll"),
+            };
+            for ev in &events[..n] {
+                match ev.data() {
+                    LISTENER => self.accept()?,
+                    CONNECTION => self.doorbell()?,
+                    QEMU_EXIT => return Ok(()),
+                    SIGNAL if self.on_signal(vm, sigfd) => return Ok(()),
+                    CONTROLLER => {
+                        self.vpm
+                            .poll(Some(Duration::ZERO))
+                            .context("the controller")?;
+                        self.flush_events();
+                    }
+                    _ => {}
+                }
+            }
+            self.vpm
+                .poll(Some(Duration::ZERO))
+                .context("the controller")?;
+            self.flush_events();
+            self.kernel_checks();
+        }
+    }
+
+    /// A SIGINT or SIGTERM; true when the agent should stop now.
+    fn on_signal(&mut self, vm: &mut Vm, sigfd: &SignalFd) -> bool {
+        let Ok(Some(info)) = sigfd.read_signal() else {
+            return false;
+        };
+        let sig = Signal::try_from(info.ssi_signo as i32).ok();
+        match (vm, sig) {
+            (Vm::Child(c), Some(Signal::SIGTERM)) => {
+                self.out.note(None, "SIGTERM: passing it to QEMU");
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(c.id() as i32),
+                    Signal::SIGTERM,
+                );
+                false
+            }
+            // A terminal's Ctrl-C reaches QEMU too: wait for it to exit.
+            (Vm::Child(_), _) => false,
+            (Vm::Attached(_), _) => {
+                self.out
+                    .note(None, "stopping: every device leaves low power first");
+                true
+            }
+        }
+    }
+
+    /// Every device out of low power, then a residency summary per device.
+    fn shut_down(&mut self, wall: Duration, suspended_at_start: &[Option<u64>]) {
+        // Read before shutdown, which removes the devices from the controller.
+        let stats: Vec<_> = (0..self.hosts.len())
+            .map(|i| self.vpm.stats(Slot(i as u32)).unwrap_or_default())
+            .collect();
+        let report = self.vpm.shutdown();
+        self.flush_events();
+        if !report.failed.is_empty() {
+            self.out.note(
+                None,
+                &format!("leaving low power FAILED for {:?}", report.failed),
+            );
+        }
+        for (i, host) in self.hosts.clone().iter().enumerate() {
+            let now = kernel_suspended_ms(self.sysfs, *host);
+            let kernel_suspended = match (suspended_at_start.get(i).copied().flatten(), now) {
+                (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
+                _ => None,
+            };
+            self.out.summary(
+                *host,
+                &Summary {
+                    wall,
+                    stats: stats[i],
+                    kernel_suspended,
+                    d3cold_seen: self.d3cold_seen[i],
+                },
+            );
+        }
+        if self.malformed > 0 {
+            self.out.note(
+                None,
+                &format!(
+                    "{} malformed doorbell bytes or mailbox words ignored ({} doorbell bytes)",
+                    self.malformed, self.doorbell_bytes
+                ),
+            );
+        }
+    }
+}
+
 fn kernel_suspended_ms(sysfs: &Sysfs, host: PciAddress) -> Option<u64> {
     let dir = sysfs.device(host).ok()?;
     let mut text = String::new();
@@ -318,6 +432,43 @@ fn kernel_suspended_ms(sysfs: &Sysfs, host: PciAddress) -> Option<u64> {
         .read_to_string(&mut text)
         .ok()?;
     text.trim().parse().ok()
+}
+
+/// One line per passed-through device: managed or not, and why.
+fn describe(out: &mut Printer, setup: &Setup) {
+    for d in &setup.devices {
+        let node = if d.acpi_path.is_empty() {
+            "no ACPI node"
+        } else {
+            &d.acpi_path
+        };
+        out.note(
+            Some(d.host),
+            &format!("{} (guest {}, {node})", d.note, d.guest),
+        );
+    }
+}
+
+/// What the guest last asked (restored for an agent that replaces a stopped one; otherwise
+/// every device starts on). A device the guest wants on leaves low power now (EXIT is harmless
+/// when not engaged); one it wants off is engaged once the controller has it.
+fn start_wishes(
+    mailbox: &Mailbox,
+    devices: &[KernelDevice],
+    restore: bool,
+) -> Result<Vec<Option<PowerAction>>> {
+    let wishes = if restore {
+        last_wishes(mailbox)?
+    } else {
+        vec![None; devices.len()]
+    };
+    for (dev, wish) in devices.iter().zip(&wishes) {
+        if *wish != Some(PowerAction::PowerOff) {
+            dev.exit_low_power()
+                .with_context(|| format!("{}: LOW_POWER_EXIT at start", dev.address()))?;
+        }
+    }
+    Ok(wishes)
 }
 
 /// Serves `vm` until it exits (or, attached, until SIGINT/SIGTERM). Returns QEMU's exit code
@@ -339,40 +490,13 @@ pub fn run(
     mask.add(Signal::SIGTERM);
     mask.thread_block().context("cannot block SIGINT/SIGTERM")?;
     let sigfd = SignalFd::new(&mask).context("cannot create a signalfd")?;
-    for d in &setup.devices {
-        out.note(
-            Some(d.host),
-            &format!(
-                "{} (guest {}, {})",
-                d.note,
-                d.guest,
-                if d.acpi_path.is_empty() {
-                    "no ACPI node"
-                } else {
-                    &d.acpi_path
-                }
-            ),
-        );
-    }
+    describe(&mut out, setup);
     let Some(devices) = adopt_all(sysfs, vm.pid(), &hosts, &exit, opts.adopt_timeout, &mut out)?
     else {
         out.note(None, "QEMU exited before it opened its devices");
         return finish(vm);
     };
-    // Restore what the guest last asked (an agent that restarts): a device the guest wants on
-    // leaves low power now (EXIT is harmless when not engaged); one it wants off is engaged
-    // below, where the controller knows it.
-    let wishes = if opts.restore_wishes {
-        last_wishes(&mailbox)?
-    } else {
-        vec![None; hosts.len()]
-    };
-    for (dev, wish) in devices.iter().zip(&wishes) {
-        if *wish != Some(PowerAction::PowerOff) {
-            dev.exit_low_power()
-                .with_context(|| format!("{}: LOW_POWER_EXIT at start", dev.address()))?;
-        }
-    }
+    let wishes = start_wishes(&mailbox, &devices, opts.restore_wishes)?;
     let log = EventLog::new();
     let boxed: Vec<Box<dyn PowerDevice>> = devices
         .into_iter()
@@ -384,26 +508,18 @@ pub fn run(
         .build(boxed)
         .context("putting the devices under control")?;
     let epoll = Epoll::new()?;
-    epoll.ctl(
-        ControlOperation::Add,
-        listener.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, LISTENER),
-    )?;
-    epoll.ctl(
-        ControlOperation::Add,
-        exit.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, QEMU_EXIT),
-    )?;
-    epoll.ctl(
-        ControlOperation::Add,
-        sigfd.as_raw_fd(),
-        EpollEvent::new(EventSet::IN, SIGNAL),
-    )?;
-    epoll.ctl(
-        ControlOperation::Add,
-        vpm.epoll_fd(),
-        EpollEvent::new(EventSet::IN, CONTROLLER),
-    )?;
+    for (fd, token) in [
+        (listener.as_raw_fd(), LISTENER),
+        (exit.as_raw_fd(), QEMU_EXIT),
+        (sigfd.as_raw_fd(), SIGNAL),
+        (vpm.epoll_fd(), CONTROLLER),
+    ] {
+        epoll.ctl(
+            ControlOperation::Add,
+            fd,
+            EpollEvent::new(EventSet::IN, token),
+        )?;
+    }
     let suspended_at_start: Vec<Option<u64>> = hosts
         .iter()
         .map(|h| kernel_suspended_ms(sysfs, *h))
@@ -438,88 +554,8 @@ pub fn run(
     l.flush_events();
     l.serve()?;
     let controlled_since = Instant::now();
-    let mut events = vec![EpollEvent::default(); 8];
-    'serve: loop {
-        let n = match l.epoll.wait(l.timeout_ms(), &mut events) {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => 0,
-            Err(e) => return Err(e).context("epoll"),
-        };
-        for ev in &events[..n] {
-            match ev.data() {
-                LISTENER => l.accept()?,
-                CONNECTION => l.doorbell()?,
-                QEMU_EXIT => break 'serve,
-                SIGNAL => {
-                    if let Ok(Some(info)) = sigfd.read_signal() {
-                        let sig = Signal::try_from(info.ssi_signo as i32).ok();
-                        match (&mut vm, sig) {
-                            (Vm::Child(c), Some(Signal::SIGTERM)) => {
-                                l.out.note(None, "SIGTERM: passing it to QEMU");
-                                let _ = nix::sys::signal::kill(
-                                    nix::unistd::Pid::from_raw(c.id() as i32),
-                                    Signal::SIGTERM,
-                                );
-                            }
-                            // A terminal's Ctrl-C reaches QEMU too: wait for it to exit.
-                            (Vm::Child(_), _) => {}
-                            (Vm::Attached(_), _) => {
-                                l.out
-                                    .note(None, "stopping: every device leaves low power first");
-                                break 'serve;
-                            }
-                        }
-                    }
-                }
-                CONTROLLER => {
-                    l.vpm.poll(Some(Duration::ZERO)).context("the controller")?;
-                    l.flush_events();
-                }
-                _ => {}
-            }
-        }
-        l.vpm.poll(Some(Duration::ZERO)).context("the controller")?;
-        l.flush_events();
-        l.kernel_checks();
-    }
-    let wall = controlled_since.elapsed();
-    // Read before shutdown, which removes the devices from the controller.
-    let stats: Vec<_> = (0..hosts.len())
-        .map(|i| l.vpm.stats(Slot(i as u32)).unwrap_or_default())
-        .collect();
-    let report = l.vpm.shutdown();
-    l.flush_events();
-    if !report.failed.is_empty() {
-        l.out.note(
-            None,
-            &format!("leaving low power FAILED for {:?}", report.failed),
-        );
-    }
-    for (i, host) in hosts.iter().enumerate() {
-        let stats = stats[i];
-        let kernel_suspended = match (suspended_at_start[i], kernel_suspended_ms(sysfs, *host)) {
-            (Some(a), Some(b)) if b >= a => Some(Duration::from_millis(b - a)),
-            _ => None,
-        };
-        l.out.summary(
-            *host,
-            &Summary {
-                wall,
-                stats,
-                kernel_suspended,
-                d3cold_seen: l.d3cold_seen[i],
-            },
-        );
-    }
-    if l.malformed > 0 {
-        l.out.note(
-            None,
-            &format!(
-                "{} malformed doorbell bytes or mailbox words ignored ({} doorbell bytes)",
-                l.malformed, l.doorbell_bytes
-            ),
-        );
-    }
+    l.serve_until_exit(&mut vm, &sigfd)?;
+    l.shut_down(controlled_since.elapsed(), &suspended_at_start);
     drop(l);
     finish(vm)
 }
