@@ -57,7 +57,7 @@ pub struct RunOptions {
     pub json: bool,
     /// How long to wait for QEMU to open its devices.
     pub adopt_timeout: Duration,
-    /// Test only: wait this long before serving each mailbox request (a slow agent).
+    /// Test only: wait this long before serving a pending `_ON` (a slow LOW_POWER_EXIT).
     pub test_ack_delay: Option<Duration>,
     /// Restore the guest's last acknowledged wishes (an agent replacing one that stopped,
     /// serving the same QEMU); otherwise every device starts on.
@@ -181,8 +181,14 @@ struct Loop<'a> {
 
 impl Loop<'_> {
     fn serve(&mut self) -> Result<()> {
+        // A slow EXIT is what the ordering must survive: only a pending _ON waits.
         if let Some(d) = self.test_ack_delay {
-            if !self.mailbox.pending()?.is_empty() {
+            let on = self
+                .mailbox
+                .pending()?
+                .iter()
+                .any(|(_, w)| w.trap_value() & vfio_pm_vmm::trap::ACTION_ON != 0);
+            if on {
                 std::thread::sleep(d);
             }
         }

@@ -82,7 +82,7 @@ struct RunFlags {
     /// How long to wait for QEMU to open its devices.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     adopt_timeout: Duration,
-    /// Test only: wait this long before serving each request (a slow agent).
+    /// Test only: wait this long before serving a guest _ON (a slow LOW_POWER_EXIT).
     #[arg(long, hide = true, value_parser = humantime::parse_duration)]
     test_ack_delay: Option<Duration>,
 }
