@@ -89,6 +89,11 @@ impl TraceLine {
         if power.is_empty() {
             return Err(err("empty power state"));
         }
+        // A power state is words like `D3cold suspended`; a `|` in it would move the split point
+        // when the line is printed and read again.
+        if power.contains('|') {
+            return Err(err("`|` in the power state"));
+        }
         Ok(TraceLine {
             line,
             step: step.trim().to_string(),
