@@ -177,7 +177,10 @@ pub fn agent_run(prep: &Prepared) -> NestedRun {
             Expect::Exit(0),
             // The window opens when L2 has seen its own D3cold; L1's suspend after the agent's
             // ENTRY can trail that by a sample or two on a loaded host (runs saw 100%).
-            Expect::L1IdleD3ColdShare { min: 0.85, max: 1.0 },
+            Expect::L1IdleD3ColdShare {
+                min: 0.85,
+                max: 1.0,
+            },
             Expect::L1Offs {
                 window: TrapWindow::UntilIdleEnd,
                 min: 1,
