@@ -145,24 +145,30 @@ pub fn initramfs(
             .arg(&dst)
             .status();
     }
-    std::fs::write(root.join("init"), init_script(&names))?;
+    let out = work.join(format!("initrd-{}.gz", kernel.release));
+    pack(&root, &init_script(&names), &out, "the initramfs")
+}
+
+/// Writes `init` as the root's `/init`, makes it and busybox executable, and packs `root` into
+/// the gzip'd cpio archive `out` (`what` names it in errors). Shared by every boot's initramfs.
+pub fn pack(root: &Path, init: &str, out: &Path, what: &str) -> Result<PathBuf> {
+    std::fs::write(root.join("init"), init)?;
     run_cmd(
         Command::new("chmod")
             .arg("0755")
             .arg(root.join("init"))
             .arg(root.join("bin/busybox")),
     )?;
-    let out = work.join(format!("initrd-{}.gz", kernel.release));
     run_cmd(
         Command::new("sh")
-            .current_dir(&root)
+            .current_dir(root)
             .args([
                 "-c",
                 "find . | cpio -o -H newc --quiet | gzip -1 > \"$1\"",
                 "sh",
             ])
-            .arg(&out),
+            .arg(out),
     )
-    .context("packing the initramfs (cpio, gzip)")?;
-    Ok(out)
+    .with_context(|| format!("packing {what} (cpio, gzip)"))?;
+    Ok(out.to_path_buf())
 }

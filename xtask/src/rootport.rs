@@ -13,7 +13,6 @@
 use crate::console::Check;
 use crate::kernels::{self, KernelImage, KernelSeries};
 use crate::qemu::{self, BootOutcome, BootSpec};
-use crate::run_cmd;
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::fmt;
@@ -296,26 +295,8 @@ fn initramfs(work: &Path, kernel: &KernelImage, cli: &Path) -> Result<PathBuf> {
         .arg("--strip-debug")
         .arg(root.join("bin/vfio-pm"))
         .status();
-    std::fs::write(root.join("init"), init_script(&names))?;
-    run_cmd(
-        Command::new("chmod")
-            .arg("0755")
-            .arg(root.join("init"))
-            .arg(root.join("bin/busybox")),
-    )?;
     let out = work.join(format!("rp-initrd-{}.gz", kernel.release));
-    run_cmd(
-        Command::new("sh")
-            .current_dir(&root)
-            .args([
-                "-c",
-                "find . | cpio -o -H newc --quiet | gzip -1 > \"$1\"",
-                "sh",
-            ])
-            .arg(&out),
-    )
-    .context("packing the root-port initramfs (cpio, gzip)")?;
-    Ok(out)
+    crate::guest::pack(&root, &init_script(&names), &out, "the root-port initramfs")
 }
 
 /// Boots each kernel once on the root-port topology and judges it.

@@ -188,26 +188,8 @@ pub fn initramfs(
         .arg("--strip-debug")
         .arg(&dst)
         .status();
-    std::fs::write(root.join("init"), init_script(&names, device))?;
-    run_cmd(
-        Command::new("chmod")
-            .arg("0755")
-            .arg(root.join("init"))
-            .arg(root.join("bin/busybox")),
-    )?;
     let out = work.join(format!("initrd-l1-{}.gz", kernel.release));
-    run_cmd(
-        Command::new("sh")
-            .current_dir(&root)
-            .args([
-                "-c",
-                "find . | cpio -o -H newc --quiet | gzip -1 > \"$1\"",
-                "sh",
-            ])
-            .arg(&out),
-    )
-    .context("packing L1's initramfs (cpio, gzip)")?;
-    Ok(out)
+    crate::guest::pack(&root, &init_script(&names, device), &out, "L1's initramfs")
 }
 
 #[cfg(test)]
