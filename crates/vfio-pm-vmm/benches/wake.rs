@@ -61,23 +61,44 @@ fn blocking_eventfd() -> EventFd {
     EventFd::new(0).unwrap()
 }
 
+/// A bare thread that writes `output` each time `input` is read: the least any cross-thread
+/// forwarder costs.
+struct Forwarder {
+    stop: Arc<AtomicBool>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl Forwarder {
+    fn start(input: &EventFd, output: &EventFd) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (i, o, s) = (
+            input.try_clone().unwrap(),
+            output.try_clone().unwrap(),
+            stop.clone(),
+        );
+        let thread = thread::spawn(move || loop {
+            i.read().unwrap();
+            if s.load(Ordering::Acquire) {
+                return;
+            }
+            o.write(1).unwrap();
+        });
+        Self { stop, thread }
+    }
+
+    /// Stops the thread (`input` is written once more to wake it).
+    fn stop(self, input: &EventFd) {
+        self.stop.store(true, Ordering::Release);
+        input.write(1).unwrap();
+        self.thread.join().unwrap();
+    }
+}
+
 /// Two threads, two blocking eventfds.
 fn floor(samples: usize) -> Summary {
     let ping = blocking_eventfd();
     let pong = blocking_eventfd();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (p, q, s) = (
-        ping.try_clone().unwrap(),
-        pong.try_clone().unwrap(),
-        stop.clone(),
-    );
-    let echo = thread::spawn(move || loop {
-        p.read().unwrap();
-        if s.load(Ordering::Acquire) {
-            return;
-        }
-        q.write(1).unwrap();
-    });
+    let echo = Forwarder::start(&ping, &pong);
     let mut out = Vec::with_capacity(samples);
     for _ in 0..samples {
         let t = Instant::now();
@@ -85,9 +106,7 @@ fn floor(samples: usize) -> Summary {
         pong.read().unwrap();
         out.push(ns_since(t));
     }
-    stop.store(true, Ordering::Release);
-    ping.write(1).unwrap();
-    echo.join().unwrap();
+    echo.stop(&ping);
     Summary::of(out)
 }
 
@@ -98,19 +117,7 @@ fn sim_floor(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
     let devs: Vec<_> = (0..n).map(|i| host.open(addr(i)).unwrap()).collect();
     let wake = blocking_eventfd();
     let irq = blocking_eventfd();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (w, i, s) = (
-        wake.try_clone().unwrap(),
-        irq.try_clone().unwrap(),
-        stop.clone(),
-    );
-    let forwarder = thread::spawn(move || loop {
-        w.read().unwrap();
-        if s.load(Ordering::Acquire) {
-            return;
-        }
-        i.write(1).unwrap();
-    });
+    let forwarder = Forwarder::start(&wake, &irq);
     let mut out = Vec::with_capacity(samples);
     let mut calls = Vec::with_capacity(samples);
     for _ in 0..samples {
@@ -124,9 +131,7 @@ fn sim_floor(n: usize, samples: usize, rng: &mut Rng) -> (Summary, Summary) {
         irq.read().unwrap();
         out.push(ns_since(t));
     }
-    stop.store(true, Ordering::Release);
-    wake.write(1).unwrap();
-    forwarder.join().unwrap();
+    forwarder.stop(&wake);
     (Summary::of(out), Summary::of(calls))
 }
 
