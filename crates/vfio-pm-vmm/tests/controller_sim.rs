@@ -758,3 +758,68 @@ fn thousands_of_devices_on_one_epoll_thread() {
     assert!(report.failed.is_empty());
     assert!((0..N).all(|i| !host.snapshot(addr(i)).unwrap().engaged));
 }
+
+/// A restarted VMM side takes over a device that the previous one left in plain low power
+/// (the VMM kept the device open): no ENTRY (it would be EINVAL) and no EXIT, the guest's next
+/// `_ON` exits as usual; refused for the wakeup variant and once the controller moved it.
+#[test]
+fn adopting_a_device_already_in_plain_low_power() {
+    use vfio_pm::LowPower;
+    let host = SimHost::builder()
+        .platform(Platform::D3cold)
+        .device(DeviceConfig::new(addr(0)))
+        .device(DeviceConfig::new(addr(1)))
+        .build()
+        .unwrap();
+    let (e1000e, gpu) = (host.open(addr(0)).unwrap(), host.open(addr(1)).unwrap());
+    // The previous holder's entry.
+    e1000e.enter_low_power().unwrap();
+    host.run_pending();
+    assert!(host.snapshot(addr(0)).unwrap().engaged);
+    let log = EventLog::new();
+    let mut ctl = Controller::new(
+        ControllerConfig::default(),
+        Box::new(RecordingNotifier::new()),
+        Box::new(ManualClock::new()),
+        Box::new(log.clone()),
+    )
+    .unwrap();
+    let settings = |(vendor, class): (u16, u32), i| {
+        let mut s = DeviceSettings::new(vendor, Some(0x2204), class, Some(route(i)));
+        s.min_residency = Duration::ZERO;
+        s
+    };
+    let s0 = ctl
+        .add_device(Box::new(e1000e), settings(E1000E, 0))
+        .unwrap();
+    let s1 = ctl
+        .add_device(Box::new(gpu), settings(NVIDIA_GPU, 1))
+        .unwrap();
+    host.run_pending();
+    let calls = |log: &EventLog| log.count(s0, |e| matches!(e, Event::HostCall { .. }));
+    let before = calls(&log);
+    ctl.adopt_low_power(s0).unwrap();
+    assert_eq!(calls(&log), before, "no host call");
+    assert_eq!(ctl.power(s0), Some(HostPower::LowPower));
+    assert_eq!(log.count(s0, |e| matches!(e, Event::AdoptedLowPower)), 1);
+    assert!(host.snapshot(addr(0)).unwrap().engaged);
+    assert!(matches!(
+        ctl.adopt_low_power(s0),
+        Err(ControllerError::NotAdoptable { .. })
+    ));
+    assert!(matches!(
+        ctl.adopt_low_power(s1),
+        Err(ControllerError::NotAdoptable { .. })
+    ));
+    // The guest's _OFF again is its duplicate; its _ON exits.
+    assert_eq!(ctl.power_off(s0).unwrap(), RequestOutcome::Unchanged);
+    assert_eq!(ctl.power_on(s0).unwrap(), RequestOutcome::Exited);
+    let snap = host.snapshot(addr(0)).unwrap();
+    assert!(!snap.engaged && !snap.suspended, "{snap:?}");
+    assert_eq!(ctl.power(s0), Some(HostPower::Active));
+    assert_eq!(
+        ctl.power_off(s0).unwrap(),
+        RequestOutcome::Entered(LowPowerVariant::Entry),
+        "and the next _OFF enters as usual"
+    );
+}

@@ -149,6 +149,7 @@ fn event_text(ev: &Event) -> Option<(&'static str, String)> {
         ),
         Event::DeviceRecovered => ("ctl", "device recovered".into()),
         Event::VmReset => ("ctl", "VM reset: out of low power, guest sees it on".into()),
+        Event::AdoptedLowPower => ("ctl", "low power taken over, no host call".into()),
     })
 }
 

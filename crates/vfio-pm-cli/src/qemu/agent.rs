@@ -8,6 +8,7 @@
 
 use super::output::{is_d3cold, Printer, Summary};
 use super::setup::Setup;
+use super::timed::{CallTimes, TimedDevice};
 use anyhow::{bail, Context, Result};
 use nix::sys::signal::{SigSet, Signal};
 use nix::sys::signalfd::SignalFd;
@@ -177,6 +178,7 @@ struct Loop<'a> {
     doorbell_bytes: u64,
     malformed: u64,
     test_ack_delay: Option<Duration>,
+    times: CallTimes,
 }
 
 impl Loop<'_> {
@@ -209,6 +211,9 @@ impl Loop<'_> {
                 }
                 Err(e) if e.is_guest_error() => {
                     self.malformed += 1;
+                    if !self.out.guest_line_allowed() {
+                        continue;
+                    }
                     let host = self.hosts.get(r.slot.index() as usize).copied();
                     self.out.note(
                         host,
@@ -228,6 +233,9 @@ impl Loop<'_> {
     fn flush_events(&mut self) {
         let evs = self.log.take();
         self.out.events(&evs);
+        for call in self.times.take() {
+            self.out.call_time(&call);
+        }
     }
 
     fn accept(&mut self) -> Result<()> {
@@ -362,6 +370,32 @@ impl Loop<'_> {
         }
     }
 
+    /// The guest's last acknowledged request was `_OFF` (an agent replacing one that stopped).
+    /// Runtime-suspended when the agent arrived, the device is still engaged: taken over
+    /// without a host call. Otherwise it is entered again (an engaged but awake device answers
+    /// EINVAL, which the controller handles with EXIT and a second ENTRY).
+    fn restore_off(&mut self, slot: Slot, suspended_on_arrival: bool) {
+        let host = self.hosts.get(slot.index() as usize).copied();
+        let plain = self.vpm.variant(slot) == Some(vfio_pm_vmm::controller::LowPowerVariant::Entry);
+        if suspended_on_arrival && plain {
+            match self.vpm.adopt_low_power(slot) {
+                Ok(()) => self.out.note(
+                    host,
+                    "the guest wants it off and the kernel had it runtime-suspended: low power \
+                     is still engaged (taken over, no host call)",
+                ),
+                Err(e) => self
+                    .out
+                    .note(host, &format!("taking over low power failed: {e:#}")),
+            }
+            return;
+        }
+        if let Err(e) = self.vpm.handle_request(GuestRequest::power_off(slot)) {
+            self.out
+                .note(host, &format!("restoring the guest's _OFF failed: {e:#}"));
+        }
+    }
+
     /// A SIGINT or SIGTERM; true when the agent should stop now.
     fn on_signal(&mut self, vm: &mut Vm, sigfd: &SignalFd) -> bool {
         let Ok(Some(info)) = sigfd.read_signal() else {
@@ -395,6 +429,7 @@ impl Loop<'_> {
             .collect();
         let report = self.vpm.shutdown();
         self.flush_events();
+        self.out.flush_dropped();
         if !report.failed.is_empty() {
             self.out.note(
                 None,
@@ -427,6 +462,15 @@ impl Loop<'_> {
             );
         }
     }
+}
+
+/// True when the kernel reports the device runtime-suspended.
+fn kernel_runtime_suspended(sysfs: &Sysfs, host: PciAddress) -> bool {
+    sysfs
+        .device(host)
+        .ok()
+        .and_then(|d| d.observe().ok())
+        .is_some_and(|o| o.runtime_status == vfio_pm::RuntimeStatus::Suspended)
 }
 
 fn kernel_suspended_ms(sysfs: &Sysfs, host: PciAddress) -> Option<u64> {
@@ -497,6 +541,12 @@ pub fn run(
     mask.thread_block().context("cannot block SIGINT/SIGTERM")?;
     let sigfd = SignalFd::new(&mask).context("cannot create a signalfd")?;
     describe(&mut out, setup);
+    // Before any ioctl of ours (each wakes the device for its duration): a device QEMU holds
+    // open is runtime-active unless low power is engaged.
+    let suspended_on_arrival: Vec<bool> = hosts
+        .iter()
+        .map(|h| kernel_runtime_suspended(sysfs, *h))
+        .collect();
     let Some(devices) = adopt_all(sysfs, vm.pid(), &hosts, &exit, opts.adopt_timeout, &mut out)?
     else {
         out.note(None, "QEMU exited before it opened its devices");
@@ -504,9 +554,10 @@ pub fn run(
     };
     let wishes = start_wishes(&mailbox, &devices, opts.restore_wishes)?;
     let log = EventLog::new();
+    let times = CallTimes::default();
     let boxed: Vec<Box<dyn PowerDevice>> = devices
         .into_iter()
-        .map(|d| Box::new(d) as Box<dyn PowerDevice>)
+        .map(|d| Box::new(TimedDevice::new(d, times.clone())) as Box<dyn PowerDevice>)
         .collect();
     let vpm = VmmPowerManager::builder(setup.vmm_config()?)
         .min_residency(setup.options.min_residency)
@@ -545,16 +596,11 @@ pub fn run(
         doorbell_bytes: 0,
         malformed: 0,
         test_ack_delay: opts.test_ack_delay,
+        times,
     };
     for (i, wish) in wishes.iter().enumerate() {
         if *wish == Some(PowerAction::PowerOff) {
-            let slot = Slot(i as u32);
-            if let Err(e) = l.vpm.handle_request(GuestRequest::power_off(slot)) {
-                l.out.note(
-                    hosts.get(i).copied(),
-                    &format!("restoring the guest's _OFF failed: {e:#}"),
-                );
-            }
+            l.restore_off(Slot(i as u32), suspended_on_arrival[i]);
         }
     }
     l.flush_events();
@@ -650,6 +696,7 @@ mod tests {
             doorbell_bytes: 0,
             malformed: 0,
             test_ack_delay: None,
+            times: CallTimes::default(),
         }
     }
 
@@ -694,5 +741,40 @@ mod tests {
             -1,
             "64 devices in low power: no timer at all"
         );
+    }
+
+    /// A restarted agent takes a device the kernel has runtime-suspended as still engaged (no
+    /// host call); one that was awake is entered again.
+    #[test]
+    fn restoring_off_takes_over_a_suspended_device_and_enters_an_awake_one() {
+        use vfio_pm_vmm::controller::{Event, HostPower};
+        let dir = tempfile::tempdir().unwrap();
+        let sysfs = Sysfs::new(dir.path().join("sys"));
+        let mut l = idle_loop(dir.path(), &sysfs);
+        l.log.take();
+        l.restore_off(Slot(0), true);
+        l.restore_off(Slot(1), false);
+        let evs = l.log.take();
+        let calls = |slot| {
+            evs.iter()
+                .filter(|e| e.slot == slot && matches!(e.event, Event::HostCall { .. }))
+                .count()
+        };
+        assert_eq!(calls(Slot(0)), 0, "taken over without a host call");
+        assert!(evs
+            .iter()
+            .any(|e| e.slot == Slot(0) && e.event == Event::AdoptedLowPower));
+        assert_eq!(calls(Slot(1)), 1, "entered again: {evs:?}");
+        for s in [Slot(0), Slot(1)] {
+            assert_eq!(l.vpm.power(s), Some(HostPower::LowPower));
+        }
+        assert_eq!(l.vpm.power(Slot(2)), Some(HostPower::Active));
+    }
+
+    #[test]
+    fn guest_driven_lines_are_rate_limited() {
+        let mut p = Printer::new(true, Instant::now(), Vec::new());
+        let allowed = (0..1000).filter(|_| p.guest_line_allowed()).count();
+        assert_eq!(allowed, super::super::output::GUEST_LINES_PER_SEC as usize);
     }
 }

@@ -18,6 +18,7 @@ pub mod setup;
 mod setup_tests;
 #[cfg(test)]
 mod tests;
+pub mod timed;
 
 use anyhow::{Context, Result};
 use setup::{Options, Paths, Setup};

@@ -8,12 +8,39 @@ use vfio_pm::{PciAddress, PowerState};
 use vfio_pm_vmm::controller::{CallResult, DeviceStats, Event, HostCall, HostPower, TimedEvent};
 use vfio_pm_vmm::PowerAction;
 
+use super::timed::CallTime;
+
+/// Lines about guest requests (and malformed guest words) printed per second at most: a guest
+/// decides how often it asks, so what it makes the agent print is bounded; host calls and
+/// transitions are bounded by the anti-thrash residency and always printed.
+pub const GUEST_LINES_PER_SEC: u32 = 20;
+
 /// Prints to stdout; a closed pipe ends printing quietly, never the agent.
 pub struct Printer {
     json: bool,
     start: Instant,
     hosts: Vec<PciAddress>,
     broken: bool,
+    guest_lines: GuestLineBudget,
+}
+
+/// The per-second budget of guest-driven lines.
+struct GuestLineBudget {
+    window: Instant,
+    used: u32,
+    dropped: u64,
+}
+
+/// True for the events a guest can cause at will (each of its requests).
+fn guest_driven(event: &Event) -> bool {
+    matches!(
+        event,
+        Event::Guest { .. }
+            | Event::GuestRejected { .. }
+            | Event::Coalesced
+            | Event::Deferred { .. }
+            | Event::DeferredRun
+    )
 }
 
 fn call_name(call: HostCall) -> String {
@@ -65,6 +92,7 @@ fn describe(event: &Event) -> Option<String> {
         }
         Event::DeviceRecovered => "device recovered".into(),
         Event::GuestRejected { action, reason } => format!("guest {action:?} rejected: {reason:?}"),
+        Event::AdoptedLowPower => "host: low power taken over (engaged before this agent)".into(),
         _ => return None,
     })
 }
@@ -77,6 +105,62 @@ impl Printer {
             start,
             hosts,
             broken: false,
+            guest_lines: GuestLineBudget {
+                window: start,
+                used: 0,
+                dropped: 0,
+            },
+        }
+    }
+
+    /// Whether one more guest-driven line fits this second's budget; when a new second starts,
+    /// says how many the last ones dropped.
+    pub fn guest_line_allowed(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.guest_lines.window) >= Duration::from_secs(1) {
+            self.guest_lines.window = now;
+            self.guest_lines.used = 0;
+            self.flush_dropped();
+        }
+        if self.guest_lines.used < GUEST_LINES_PER_SEC {
+            self.guest_lines.used += 1;
+            true
+        } else {
+            self.guest_lines.dropped += 1;
+            false
+        }
+    }
+
+    /// Says how many guest-driven lines were not printed (rate limit), if any.
+    pub fn flush_dropped(&mut self) {
+        let n = std::mem::take(&mut self.guest_lines.dropped);
+        if n > 0 {
+            self.note(
+                None,
+                &format!(
+                    "{n} more guest request lines not printed (at most {GUEST_LINES_PER_SEC} a second)"
+                ),
+            );
+        }
+    }
+
+    /// How long one low-power SET took (the ioctl alone).
+    pub fn call_time(&mut self, call: &CallTime) {
+        let ms = call.took.as_secs_f64() * 1e3;
+        if self.json {
+            let line = json!({
+                "t": self.elapsed(),
+                "device": call.device.to_string(),
+                "call": call.feature.name(),
+                "took_ms": ms,
+            })
+            .to_string();
+            self.emit(&line);
+        } else {
+            self.note(
+                Some(call.device),
+                &format!("{} took {ms:.2} ms", call.feature.name()),
+            );
         }
     }
 
@@ -109,6 +193,9 @@ impl Printer {
     /// The controller's events.
     pub fn events(&mut self, events: &[TimedEvent]) {
         for ev in events {
+            if guest_driven(&ev.event) && !self.guest_line_allowed() {
+                continue;
+            }
             let host = self.hosts.get(ev.slot.index() as usize).copied();
             if self.json {
                 let line = json!({

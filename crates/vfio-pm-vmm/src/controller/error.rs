@@ -25,6 +25,15 @@ pub enum ControllerError {
     /// The device failed earlier and could not be recovered.
     #[error("device in {0} has failed")]
     DeviceFailed(Slot),
+    /// [`Controller::adopt_low_power`](super::Controller::adopt_low_power) on a device that
+    /// does not use plain entry or that this controller has already moved.
+    #[error("{slot}: cannot take over low power ({why})")]
+    NotAdoptable {
+        /// The device.
+        slot: Slot,
+        /// Why.
+        why: &'static str,
+    },
     /// A host call failed.
     #[error("{slot}")]
     Host {

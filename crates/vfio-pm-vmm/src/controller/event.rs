@@ -223,6 +223,10 @@ pub enum Event {
     DeviceRecovered,
     /// VM reset: the device left low power and the guest sees it on.
     VmReset,
+    /// A device already in plain low power, engaged through another fd of the same open device
+    /// before this controller had it, was taken over without a host call
+    /// ([`Controller::adopt_low_power`](super::Controller::adopt_low_power)).
+    AdoptedLowPower,
 }
 
 /// An event with its time and device.

@@ -220,6 +220,35 @@ impl Controller {
         count
     }
 
+    /// Takes over a device that is already in plain low power, engaged through another fd of
+    /// the same open device before this controller had it (an agent restarted while the VMM
+    /// kept the device open), with the guest's last request `_OFF`. No host call: any ioctl on
+    /// the device fd would wake it (`vfio_device_fops_unl_ioctl` takes a runtime PM reference
+    /// first) and ENTRY again would answer EINVAL (docs/kernel-behaviour.md). The caller knows
+    /// the device is engaged from the kernel: a device a VMM holds open is runtime-active unless
+    /// low power is engaged (`vfio_pci_core_enable` keeps a usage reference). Only for plain
+    /// entry (the wakeup variant's eventfd belonged to the previous holder) and only before
+    /// this controller moved the device.
+    pub fn adopt_low_power(&mut self, slot: Slot) -> Result<(), ControllerError> {
+        let now = self.clock.now_ns();
+        let e = self.entry_mut(slot)?;
+        let why = if e.variant != LowPowerVariant::Entry {
+            Some("not plain LOW_POWER_ENTRY")
+        } else if e.power != HostPower::Active || e.last_transition_ns.is_some() {
+            Some("the controller already moved it")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return Err(ControllerError::NotAdoptable { slot, why });
+        }
+        e.guest_on = false;
+        e.last_transition_ns = Some(now);
+        self.set_power(slot, HostPower::LowPower);
+        self.emit(slot, Event::AdoptedLowPower);
+        Ok(())
+    }
+
     /// Guest `_ON`. Never delayed.
     pub fn power_on(&mut self, slot: Slot) -> Result<RequestOutcome, ControllerError> {
         let now = self.clock.now_ns();

@@ -331,6 +331,14 @@ impl VmmPowerManager {
         Ok(self.controller.handle_request(request)?)
     }
 
+    /// Takes over a device that is already in plain low power with the guest's last request
+    /// `_OFF`, without a host call (a restarted VMM side: see
+    /// [`Controller::adopt_low_power`]).
+    pub fn adopt_low_power(&mut self, slot: Slot) -> Result<(), VmmError> {
+        self.check_slot(slot)?;
+        Ok(self.controller.adopt_low_power(slot)?)
+    }
+
     /// Serves every pending request of the acknowledged mailbox (after a doorbell, and once when
     /// the host side starts, for requests made while it was away): decodes each slot's request
     /// word, hands it to the controller, then writes the reply. A word whose trap value names
