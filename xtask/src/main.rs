@@ -22,7 +22,7 @@ const USAGE: &str = "usage: cargo xtask <command>
                                target/qemu/conformance.md); exit 1 on any difference
   deb [--check]                build the Debian package (target/debian/); --check: install
                                it in a clean bookworm root and check it there (root)
-  nested [--kernel 6.1|6.12|all] [--runs control,agent]
+  nested [--kernel 6.1|6.12|all] [--runs control,agent,attach]
                                a real host kernel in QEMU running the machine's QEMU
                                with a real guest on the passed-through device
   test [ARGS...]               install Debian packages, then cargo test --workspace ARGS
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
         return Ok(());
     }
     let mut opts = Options::default();
-    let mut nested_runs = xtask::nested::NestedOptions::default().runs;
+    let mut nested_runs: Option<Vec<String>> = None;
     let mut it = rest.iter();
     while let Some(a) = it.next() {
         let mut value = || {
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
                 opts.phases = value()?.split(',').map(str::to_string).collect()
             }
             "--idle-d3" => opts.idle_d3 = value()?.parse()?,
-            "--runs" => nested_runs = value()?.split(',').map(str::to_string).collect(),
+            "--runs" => nested_runs = Some(value()?.split(',').map(str::to_string).collect()),
             "--timeout" => {
                 opts.timeout = Duration::from_secs(value()?.parse().context("--timeout SECS")?)
             }

@@ -16,6 +16,10 @@ pub const MIN_IDLE_SAMPLES: usize = 8;
 /// The fewest checks L2's `nested-guest` phase reports when it runs to the end.
 pub const L2_CHECKS: u32 = 3;
 
+/// Host entries beyond the flood's residency bound that a run may make (its own idle entry,
+/// the config-read step's, the entries after the flood).
+pub const FLOOD_SLACK: u64 = 8;
+
 /// One observation a run must show.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Expect {
@@ -35,6 +39,23 @@ pub enum Expect {
         min: f64,
         /// At most.
         max: f64,
+    },
+    /// The run's own process (the agent, with `child_idle`) was switched out at most this often
+    /// over L2's idle window (each wakeup of a sleeping process is one switch).
+    AgentIdleWakeups {
+        /// At most.
+        max: u64,
+    },
+    /// L2 rebooted (`INFO nested boot 2`) and used the device again after the reboot.
+    L2Rebooted,
+    /// An agent JSON line (`forward_json`) has a note containing this.
+    AgentSaid(String),
+    /// L2's flood (`INFO nested flood secs=S mailbox_writes=N ...`) made at most
+    /// `S / min_residency + FLOOD_SLACK` host entries (the last agent's summary), far fewer
+    /// than its writes.
+    FloodBounded {
+        /// The agent's anti-thrash residency, ms.
+        min_residency_ms: u64,
     },
     /// L1's own `_OFF` calls in L0's trap capture inside `window`.
     L1Offs {
@@ -88,10 +109,28 @@ pub fn plan_json(runs: &[NestedRun]) -> String {
                 "timeout_s": r.timeout.as_secs().max(1),
                 "adopt": r.adopt,
                 "l2_trap": r.l2_trap,
+                "actions": r.actions.iter().map(action_json).collect::<Vec<_>>(),
+                "forward_json": r.forward_json,
+                "child_idle": r.child_idle,
             })
         })
         .collect();
     serde_json::json!({"root": super::l1::HOST_ROOT, "sample_ms": 250, "runs": runs}).to_string()
+}
+
+fn action_json(a: &super::Action) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "after": a.after,
+        "delay_ms": u64::try_from(a.delay.as_millis()).unwrap_or(u64::MAX),
+    });
+    match &a.what {
+        super::ActionKind::ConfigRead => v["do"] = "config-read".into(),
+        super::ActionKind::Kill(pidfile) => {
+            v["do"] = "kill".into();
+            v["pidfile"] = pidfile.as_str().into();
+        }
+    }
+    v
 }
 
 /// What one run showed.
@@ -113,6 +152,14 @@ pub struct RunOutcome {
     pub l2: GuestReport,
     /// Wall time of the run in L1, as L1 measured it.
     pub elapsed_ms: Option<u64>,
+    /// L2's `_ON` round trips as L2 saw them (`nested resume-ms`), in order.
+    pub resume_ms: Vec<u64>,
+    /// The agent's JSON lines (`forward_json`).
+    pub agent: Vec<serde_json::Value>,
+    /// The agent's cost over L2's idle window (`child_idle`): wakeups, CPU ticks, window.
+    pub agent_idle: Option<String>,
+    /// L2's flood line (`secs=.. mailbox_writes=.. ...`).
+    pub flood: Option<String>,
 }
 
 impl RunOutcome {
@@ -125,6 +172,29 @@ impl RunOutcome {
     pub fn idle_samples(&self) -> usize {
         self.idle_states.values().sum()
     }
+
+    /// The agent's LOW_POWER_EXIT ioctl durations (ms), from its JSON lines.
+    pub fn exit_ioctl_ms(&self) -> Vec<f64> {
+        self.agent
+            .iter()
+            .filter(|v| v["call"] == "LOW_POWER_EXIT")
+            .filter_map(|v| v["took_ms"].as_f64())
+            .collect()
+    }
+
+    /// The host entries of the last agent's summary (the one serving the run's end).
+    pub fn last_summary_entries(&self) -> Option<u64> {
+        self.agent
+            .iter()
+            .rev()
+            .find_map(|v| v["summary"]["entries"].as_u64())
+    }
+}
+
+/// `key=value` of a space-separated line.
+pub fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('=')?.parse().ok())
 }
 
 fn check(name: String, passed: bool, detail: String) -> Check {
@@ -206,6 +276,24 @@ pub fn judge_run(
             Parsed::NotOurs => {}
         }
     }
+    for rest in others(report, "AGENT", name) {
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(rest) {
+            out.agent.push(v);
+        }
+    }
+    for r in &out.l2.records {
+        if let Record::Info { key, value } = r {
+            if key != "nested" {
+                continue;
+            }
+            if let Some(ms) = value.strip_prefix("resume-ms ") {
+                out.resume_ms.extend(ms.trim().parse::<u64>().ok());
+            } else if let Some(f) = value.strip_prefix("flood ") {
+                out.flood = Some(f.trim().to_string());
+            }
+        }
+    }
+    out.agent_idle = info("agent-idle").map(str::to_string);
     // The idle window and the samples inside it.
     let window = |edge: &str| {
         others(report, "WINDOW", name).find_map(|w| {
@@ -338,9 +426,65 @@ fn expect_check(name: &str, e: &Expect, o: &RunOutcome, exit: Option<&str>) -> C
                 o.idle_d3cold_share
             ),
         ),
+        Expect::AgentIdleWakeups { max } => {
+            let w = o.agent_idle.as_deref().and_then(|l| field(l, "wakeups"));
+            check(
+                format!("{name}.agent-idle-wakeups"),
+                w.is_some_and(|w| w <= *max),
+                format!(
+                    "agent over L2's idle window: {:?} (want wakeups <= {max})",
+                    o.agent_idle
+                ),
+            )
+        }
+        Expect::L2Rebooted => {
+            let boot2 = o.l2.records.iter().any(
+                |r| matches!(r, Record::Info { key, value } if key == "nested" && value == "boot 2"),
+            );
+            let used =
+                o.l2.checks()
+                    .find(|c| c.name == "l2-reboot-bar-read-after-resume");
+            check(
+                format!("{name}.l2-rebooted"),
+                boot2 && used.is_some_and(|c| c.passed),
+                format!("L2 boot 2 seen {boot2}; after it {used:?}"),
+            )
+        }
+        Expect::AgentSaid(text) => {
+            let said = o
+                .agent
+                .iter()
+                .filter_map(|v| v["note"].as_str())
+                .find(|n| n.contains(text.as_str()));
+            check(
+                format!("{name}.agent-said"),
+                said.is_some(),
+                format!("agent note containing {text:?}: {said:?}"),
+            )
+        }
+        Expect::FloodBounded { min_residency_ms } => flood_check(name, o, *min_residency_ms),
         // Needs the boot's trap capture: judged by `offs_check`.
         Expect::L1Offs { window, .. } => offs_check_missing(name, *window),
     }
+}
+
+fn flood_check(name: &str, o: &RunOutcome, min_residency_ms: u64) -> Check {
+    let flood = o.flood.as_deref().unwrap_or("");
+    let secs = field(flood, "secs");
+    let writes = field(flood, "mailbox_writes");
+    let entries = o.last_summary_entries();
+    let bound = secs.map(|s| s * 1000 / min_residency_ms.max(1) + FLOOD_SLACK);
+    let ok = match (writes, entries, bound) {
+        (Some(w), Some(e), Some(b)) => e <= b && w > 10 * b,
+        _ => false,
+    };
+    check(
+        format!("{name}.flood-bounded"),
+        ok,
+        format!(
+            "L2 flood {flood:?}: host entries {entries:?} (want <= {bound:?}, and writes > 10x that)"
+        ),
+    )
 }
 
 fn offs_check_missing(name: &str, window: TrapWindow) -> Check {
@@ -487,6 +631,24 @@ impl fmt::Display for NestedBoot {
                 r.l0_idle_trap,
                 r.l2_trap,
             )?;
+            let exits = r.exit_ioctl_ms();
+            if !r.resume_ms.is_empty() || !exits.is_empty() {
+                writeln!(
+                    f,
+                    "      _ON round trip as L2 saw it {:?} ms; bare LOW_POWER_EXIT ioctl in L1 {:.1?} ms",
+                    r.resume_ms, exits
+                )?;
+            }
+            if let Some(a) = &r.agent_idle {
+                writeln!(f, "      agent while L2 idles: {a}")?;
+            }
+            if let Some(fl) = &r.flood {
+                writeln!(
+                    f,
+                    "      L2 flood {fl}: {:?} host entries by the last agent",
+                    r.last_summary_entries()
+                )?;
+            }
         }
         for c in self.all_checks().filter(|c| !c.passed) {
             writeln!(f, "      {c}")?;
@@ -523,6 +685,9 @@ mod tests {
             timeout: Duration::from_secs(10),
             adopt: true,
             l2_trap: Some("/tmp/t".into()),
+            actions: Vec::new(),
+            forward_json: false,
+            child_idle: false,
             expect,
         }
     }
@@ -685,5 +850,67 @@ mod tests {
             b.host_checks
         );
         assert!(b.passed(), "{b}");
+    }
+
+    #[test]
+    fn judges_the_agent_lines_flood_reboot_and_idle_cost() {
+        let console = "VFIOPM INFO run-begin control\n\
+            VFIOPM GUEST control INFO nested idle-begin\n\
+            VFIOPM INFO control.agent-idle wakeups=1 cpu_ticks=0 window_ms=8000\n\
+            VFIOPM GUEST control INFO nested idle-end\n\
+            VFIOPM AGENT control {\"t\":1.0,\"device\":\"0000:00:05.0\",\"note\":\"the guest wants it off: low power is still engaged (taken over)\"}\n\
+            VFIOPM AGENT control {\"t\":2.0,\"device\":\"0000:00:05.0\",\"call\":\"LOW_POWER_EXIT\",\"took_ms\":12.5}\n\
+            VFIOPM GUEST control INFO nested flood secs=5 mailbox_writes=90000 doorbell_writes=50000 hostile_words=900\n\
+            VFIOPM GUEST control INFO nested resume-ms 40\n\
+            VFIOPM GUEST control INFO nested boot 2\n\
+            VFIOPM GUEST control CHECK l2-reboot-bar-read-after-resume PASS D0\n\
+            VFIOPM AGENT control {\"device\":\"0000:00:05.0\",\"summary\":{\"entries\":30}}\n\
+            VFIOPM AGENT control not json\n\
+            VFIOPM INFO run-end control\n";
+        let d = crate::ssdt::decoder().unwrap();
+        let report = GuestReport::parse(console);
+        let expect = vec![
+            Expect::AgentIdleWakeups { max: 3 },
+            Expect::L2Rebooted,
+            Expect::AgentSaid("still engaged".into()),
+            Expect::FloodBounded {
+                min_residency_ms: 100,
+            },
+        ];
+        let r = judge_run(&run(expect), &report, &outcome(console, &[], &[]), &d);
+        let verdict = |n: &str| r.checks.iter().find(|c| c.name == n).map(|c| c.passed);
+        for ok in [
+            "control.agent-idle-wakeups",
+            "control.l2-rebooted",
+            "control.agent-said",
+            "control.flood-bounded",
+        ] {
+            assert_eq!(verdict(ok), Some(true), "{ok}: {:?}", r.checks);
+        }
+        assert_eq!(r.exit_ioctl_ms(), [12.5]);
+        assert_eq!(r.resume_ms, [40]);
+        assert_eq!(r.agent.len(), 3, "the line that is not JSON is dropped");
+        // Over the bound (5 s / 100 ms + slack = 58), too few writes, too many wakeups.
+        let worse = console
+            .replace("\"entries\":30", "\"entries\":59")
+            .replace("wakeups=1", "wakeups=9");
+        let report = GuestReport::parse(&worse);
+        let r = judge_run(
+            &run(vec![
+                Expect::AgentIdleWakeups { max: 3 },
+                Expect::FloodBounded {
+                    min_residency_ms: 100,
+                },
+                Expect::AgentSaid("never said".into()),
+            ]),
+            &report,
+            &outcome(&worse, &[], &[]),
+            &d,
+        );
+        assert!(r
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("control.agent-") || c.name == "control.flood-bounded")
+            .all(|c| !c.passed));
     }
 }

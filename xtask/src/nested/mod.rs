@@ -16,12 +16,16 @@
 //! check is a new run (a command line and its [`Expect`]ations, one entry of [`RUNS`]), not a
 //! new boot. The CONTROL run ([`control_run`]): stock QEMU, no agent, which must show L2 in
 //! D3cold and L1 never cut power. [`agent_run`]: the same under `vfio-pm qemu`.
+//! [`attach_run`]: QEMU started with `print-args`' arguments and served by `attach` under a
+//! supervisor, with an L1 config read and an agent SIGKILL while L2 idles, a hostile L2 flood
+//! and an L2 reboot.
 //!
 //! Every file L1 or L2 needs lives under [`crate::qemu_dir`] (the worktree's `target/`), never
 //! under the machine's `/tmp`, which L1 hides behind its own tmpfs.
 
 pub mod judge;
 pub mod l1;
+pub mod runs;
 
 use crate::guest::{self, GuestBinary};
 use crate::kernels::{self, KernelImage, KernelSeries};
@@ -30,6 +34,7 @@ use crate::ssdt;
 use anyhow::{Context, Result};
 use judge::NestedBoot;
 pub use judge::{Expect, RunOutcome, TrapWindow};
+pub use runs::{agent_run, attach_run, control_run, default_runs, runs_for, RunBuilder, RUNS};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -47,8 +52,8 @@ pub const L2_IDLE_SECS: u64 = 8;
 pub struct NestedOptions {
     /// Kernels, one L1 boot each (L1 and L2 run the same kernel).
     pub kernels: Vec<KernelSeries>,
-    /// The runs of each L1 boot, by name (see [`RUNS`]), in order.
-    pub runs: Vec<String>,
+    /// The runs of each L1 boot, by name (see [`RUNS`]), in order; `None`: [`default_runs`].
+    pub runs: Option<Vec<String>>,
 }
 
 /// The kernels the nested harness boots (as L1 and L2): Debian 12's two series, whose image
@@ -59,7 +64,7 @@ impl Default for NestedOptions {
     fn default() -> Self {
         Self {
             kernels: NESTED_KERNELS.to_vec(),
-            runs: DEFAULT_RUNS.iter().map(|r| r.to_string()).collect(),
+            runs: None,
         }
     }
 }
@@ -92,8 +97,56 @@ pub struct NestedRun {
     pub adopt: bool,
     /// L2's trap capture (a path in L1's `/tmp`), when the run gives L2 the harness's SSDT.
     pub l2_trap: Option<String>,
+    /// What L1 does beside the run, at moments L2 announces.
+    pub actions: Vec<Action>,
+    /// L1 forwards the run's JSON lines (the agent's `--json`) to the console.
+    pub forward_json: bool,
+    /// L1 measures the run's own process (the agent) over L2's idle window.
+    pub child_idle: bool,
     /// What must be observed.
     pub expect: Vec<Expect>,
+}
+
+/// An L1 action (see `vfio-pm-guest`'s `nested::plan`): `what`, `delay` after L2 printed
+/// `INFO nested <after>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Action {
+    /// The L2 announcement, e.g. `idle-begin`.
+    pub after: String,
+    /// How long after it.
+    pub delay: Duration,
+    /// What L1 does.
+    pub what: ActionKind,
+}
+
+/// What an [`Action`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionKind {
+    /// An `lspci -xxx`-style config read of L1's device; it must runtime-suspend again.
+    ConfigRead,
+    /// SIGKILL to the `vfio-pm` named by this pid file (in L1's `/tmp`); it must be restarted.
+    Kill(String),
+}
+
+/// How L1's QEMU starts L2.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct L2Options {
+    /// L2's idle window (`vfiopm.idle=`), seconds.
+    pub idle_secs: u64,
+    /// More words for L2's kernel command line (e.g. `vfiopm.flood=5`).
+    pub cmdline: String,
+    /// L2 may reboot (no `-no-reboot`).
+    pub reboot: bool,
+}
+
+impl Default for L2Options {
+    fn default() -> Self {
+        Self {
+            idle_secs: L2_IDLE_SECS,
+            cmdline: String::new(),
+            reboot: false,
+        }
+    }
 }
 
 impl NestedRun {
@@ -102,7 +155,7 @@ impl NestedRun {
     pub fn l2(name: &str, prep: &Prepared, wrapper: &[String], expect: Vec<Expect>) -> Self {
         let l2_trap = format!("/tmp/{name}-l2-trap.log");
         let mut argv = wrapper.to_vec();
-        argv.extend(l2_qemu_argv(prep));
+        argv.extend(l2_qemu_argv(prep, &L2Options::default()));
         argv.extend(l2_table_args(prep, &l2_trap));
         Self {
             l2_trap: Some(l2_trap),
@@ -121,112 +174,28 @@ impl NestedRun {
             timeout: Duration::from_secs(600),
             adopt: false,
             l2_trap: None,
+            actions: Vec::new(),
+            forward_json: false,
+            child_idle: false,
             expect,
         }
     }
-}
-
-/// The CONTROL run: stock QEMU without any agent. L2 reaches D3cold, L1 stays runtime-active
-/// in D3hot (nothing asks L1's kernel for low power), L1 never runs `_OFF` while L2 idles;
-/// beside it, vfio-pm's adopt takes a second device fd from QEMU and probes it.
-pub fn control_run(prep: &Prepared) -> NestedRun {
-    NestedRun {
-        adopt: true,
-        ..NestedRun::l2(
-            "control",
-            prep,
-            &[],
-            vec![
-                Expect::L2Passed,
-                Expect::L2TrapHasOff,
-                Expect::Exit(0),
-                Expect::L1IdleAll("D3hot active".into()),
-                Expect::L1IdleD3ColdShare { min: 0.0, max: 0.0 },
-                Expect::L1Offs {
-                    window: TrapWindow::Idle,
-                    min: 0,
-                    max: 0,
-                },
-            ],
-        )
-    }
-}
-
-/// A run under the agent: `vfio-pm qemu` around stock QEMU, which adds its own SSDT, doorbell
-/// and mailbox. L2 must behave as in the control run while L1 now reaches D3cold.
-pub fn agent_run(prep: &Prepared) -> NestedRun {
-    let mut argv: Vec<String> = [
-        prep.cli.display().to_string(),
-        "qemu".into(),
-        // /run is on the read-only share in L1; /tmp is L1's tmpfs.
-        "--state-dir".into(),
-        "/tmp/vfio-pm-agent".into(),
-        // A slow agent: _ON must still not return before the host's EXIT (L2 reads BAR0 right
-        // after resuming; QEMU would die of SIGBUS on an engaged device).
-        "--test-ack-delay".into(),
-        "2s".into(),
-        "--".into(),
-    ]
-    .to_vec();
-    argv.extend(l2_qemu_argv(prep));
-    NestedRun::bare(
-        "agent",
-        argv,
-        vec![
-            Expect::L2Passed,
-            Expect::Exit(0),
-            // The window opens when L2 has seen its own D3cold; L1's suspend after the agent's
-            // ENTRY can trail that by a sample or two on a loaded host (runs saw 100%).
-            Expect::L1IdleD3ColdShare {
-                min: 0.85,
-                max: 1.0,
-            },
-            Expect::L1Offs {
-                window: TrapWindow::UntilIdleEnd,
-                min: 1,
-                max: 8,
-            },
-        ],
-    )
-}
-
-/// Builds one run for a boot's prepared files.
-pub type RunBuilder = fn(&Prepared) -> NestedRun;
-
-/// Every run the harness knows, by name.
-pub const RUNS: &[(&str, RunBuilder)] = &[("control", control_run), ("agent", agent_run)];
-
-/// The runs of every boot in CI.
-pub const DEFAULT_RUNS: &[&str] = &["control", "agent"];
-
-/// The runs named in `names`, built for `prep`.
-pub fn runs_for(names: &[String], prep: &Prepared) -> Result<Vec<NestedRun>> {
-    names
-        .iter()
-        .map(|n| {
-            RUNS.iter()
-                .find(|(name, _)| name == n)
-                .map(|(_, build)| build(prep))
-                .with_context(|| {
-                    let known: Vec<&str> = RUNS.iter().map(|(n, _)| *n).collect();
-                    format!("unknown nested run {n:?} (known: {known:?})")
-                })
-        })
-        .collect()
 }
 
 /// L1's QEMU command line for L2 (after the wrapper): q35 TCG, a virtual IOMMU with
 /// `caching-mode=on` (so that L2's vfio-pci can bind an assigned device), the device at
 /// [`L2_DEVICE`] (`rombar=0`: the e1000e's iPXE option ROM only costs boot time); no ACPI
 /// table (see [`l2_table_args`]).
-pub fn l2_qemu_argv(prep: &Prepared) -> Vec<String> {
+pub fn l2_qemu_argv(prep: &Prepared, l2: &L2Options) -> Vec<String> {
     // no_timer_check: like L1 (crate::qemu), a slow TCG guest can fail the IO-APIC timer check.
     let append = format!(
         "console=ttyS0 intel_iommu=on panic=-1 no_timer_check quiet vfiopm.platform=d3cold \
-         vfiopm.phases=nested-guest vfiopm.device={L2_DEVICE} vfiopm.idle={L2_IDLE_SECS}"
+         vfiopm.phases=nested-guest vfiopm.device={L2_DEVICE} vfiopm.idle={} {}",
+        l2.idle_secs, l2.cmdline
     );
+    let append = append.trim_end().to_string();
     let s = |x: &str| x.to_string();
-    vec![
+    let mut argv = vec![
         s("qemu-system-x86_64"),
         s("-machine"),
         s("q35,accel=tcg"),
@@ -245,14 +214,18 @@ pub fn l2_qemu_argv(prep: &Prepared) -> Vec<String> {
         s("-nic"),
         s("none"),
         s("-nographic"),
-        s("-no-reboot"),
         s("-kernel"),
         prep.kernel.vmlinuz.display().to_string(),
         s("-initrd"),
         prep.l2_initrd.display().to_string(),
         s("-append"),
         append,
-    ]
+    ];
+    if !l2.reboot {
+        // A guest reboot ends the run (QEMU exits); runs that test a reboot let QEMU reset.
+        argv.push(s("-no-reboot"));
+    }
+    argv
 }
 
 /// The harness's SSDT for L2 and its trap on isa-debugcon into `trap_log` (for runs without
@@ -397,7 +370,11 @@ pub fn run(opts: &NestedOptions) -> Result<NestedSummary> {
         ..Default::default()
     };
     for (prep, l1_initrd) in preps {
-        let runs = runs_for(&opts.runs, &prep)?;
+        let names = opts
+            .runs
+            .clone()
+            .unwrap_or_else(|| default_runs(prep.kernel.series));
+        let runs = runs_for(&names, &prep)?;
         let run_dir = dir.join("runs").join(&prep.kernel.release);
         std::fs::create_dir_all(&run_dir)?;
         let plan = run_dir.join("plan.json");

@@ -12,6 +12,10 @@
 //! VFIOPM INFO trap-mark <run>.idle-begin|<run>.idle-end    L0 notes its trap capture's length
 //!                                                          (also <run>.start and <run>.end)
 //! VFIOPM CHECK <run>.adopt-... PASS|FAIL ...                with `adopt`: see [`adopt_check`]
+//! VFIOPM CHECK <run>.l1-config-read|l1-resuspended|agent-killed|agent-restarted PASS|FAIL ...
+//!                                                          the run's `actions` ([`actions`])
+//! VFIOPM AGENT <run> <json>                                with `forward_json`: a JSON line
+//! VFIOPM INFO <run>.agent-idle wakeups=N cpu_ticks=T window_ms=W   with `child_idle`
 //! VFIOPM INFO <run>.exit <code>|killed
 //! VFIOPM INFO <run>.l2-trap <hex bytes>
 //! VFIOPM CHECK <run>.finished PASS|FAIL ...                 no timeout, no spawn error
@@ -21,11 +25,13 @@
 //! `<ms>` counts from the run's start. The run's other output (L2's kernel, QEMU's stderr) is
 //! kept in a bounded tail and printed (`<run>| ...`) at the end of the run.
 
+pub mod actions;
 pub mod l2;
 pub mod plan;
 
 use crate::context::{cmdline_value, Ctx};
 use crate::report::Reporter;
+use actions::{Actions, ProcUsage};
 use plan::{Plan, Run};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Write};
@@ -140,8 +146,12 @@ struct Driver<'a> {
     start: Instant,
     in_window: bool,
     last: Option<String>,
+    last_at: Instant,
     tail: VecDeque<String>,
     adopted: bool,
+    actions: Actions,
+    /// With `child_idle`: the child's counters when L2's idle window began.
+    idle_usage: Option<(Instant, Option<ProcUsage>)>,
 }
 
 impl Driver<'_> {
@@ -159,6 +169,7 @@ impl Driver<'_> {
             ));
         }
         self.last = Some(now);
+        self.last_at = Instant::now();
     }
 
     fn keep(&mut self, line: String) {
@@ -172,6 +183,9 @@ impl Driver<'_> {
     fn line(&mut self, ctx: &Ctx, r: &mut Reporter, raw: &str, child: &mut Child) {
         let clean = cut(raw);
         let Some(at) = clean.find(MARKER) else {
+            if self.run.forward_json && clean.starts_with('{') {
+                emit(&format!("VFIOPM AGENT {} {clean}", self.run.name));
+            }
             self.keep(clean);
             return;
         };
@@ -179,7 +193,13 @@ impl Driver<'_> {
         let name = &self.run.name;
         emit(&format!("VFIOPM GUEST {name} {rest}"));
         let nested = rest.strip_prefix("INFO nested ").map(str::trim);
+        if let Some(what) = nested {
+            self.actions.announced(what);
+        }
         if nested == Some(l2::IDLE_BEGIN) {
+            if self.run.child_idle {
+                self.idle_usage = Some((Instant::now(), ProcUsage::of(child.id())));
+            }
             self.in_window = true;
             emit(&format!("VFIOPM WINDOW {name} {} begin", self.ms()));
             emit(&format!("VFIOPM INFO trap-mark {name}.idle-begin"));
@@ -187,6 +207,9 @@ impl Driver<'_> {
             self.in_window = false;
             emit(&format!("VFIOPM WINDOW {name} {} end", self.ms()));
             emit(&format!("VFIOPM INFO trap-mark {name}.idle-end"));
+            if let Some((since, before)) = self.idle_usage.take() {
+                idle_cost(r, name, since, before, ProcUsage::of(child.id()));
+            }
             if self.run.adopt && !self.adopted {
                 self.adopted = true;
                 adopt_check(ctx, r, name, child);
@@ -234,11 +257,15 @@ fn one_run(ctx: &Ctx, r: &mut Reporter, plan: &Plan, run: &Run, sys: &SysfsDevic
         start: Instant::now(),
         in_window: false,
         last: None,
+        last_at: Instant::now(),
         tail: VecDeque::new(),
         adopted: false,
+        actions: Actions::new(name, &plan.root, &run.actions),
+        idle_usage: None,
     };
     let status = drive(ctx, r, plan, &mut d, &mut child, &rx, sys);
     let timed_out = status.is_none();
+    d.actions.finish(r);
     // Drain what the readers still have (the pipes close when the child has exited).
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
         match l {
@@ -298,6 +325,8 @@ fn drive(
             d.sample(sys);
             next_sample += plan.sample;
         }
+        let sample = d.last.as_deref().map(|s| (s, d.last_at));
+        d.actions.step(r, sys, sample);
         match child.try_wait() {
             Ok(Some(st)) => return Some(st),
             Ok(None) => {}
@@ -316,6 +345,31 @@ fn drive(
             // Both pipes closed: only the exit status is left to wait for.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
         }
+    }
+}
+
+/// The run's own process (the agent) over L2's idle window: how often it woke, its CPU time.
+fn idle_cost(
+    r: &mut Reporter,
+    name: &str,
+    since: Instant,
+    before: Option<ProcUsage>,
+    after: Option<ProcUsage>,
+) {
+    let window = since.elapsed().as_millis();
+    match (before, after) {
+        (Some(b), Some(a)) => r.info(
+            &format!("{name}.agent-idle"),
+            format!(
+                "wakeups={} cpu_ticks={} window_ms={window}",
+                a.switches.saturating_sub(b.switches),
+                a.cpu_ticks.saturating_sub(b.cpu_ticks)
+            ),
+        ),
+        _ => r.info(
+            &format!("{name}.agent-idle"),
+            format!("unreadable window_ms={window}"),
+        ),
     }
 }
 
