@@ -333,22 +333,25 @@ fn measure(n: usize, samples: usize, regime: Regime, rng: &mut Rng) -> Row {
     let sim = SimFloor::start(n, regime);
     let direct = RunningController::start(n, regime, false);
     let ctl = RunningController::start(n, regime, true);
-    let mut v: [Vec<u64>; 6] = std::array::from_fn(|_| Vec::with_capacity(samples));
+    // The samples, in `Row`'s field order: floor, direct, sim floor (total, host call),
+    // sim signal (total, host call).
+    let [mut t_floor, mut t_direct, mut t_sim, mut c_sim, mut t_ctl, mut c_ctl]: [Vec<u64>; 6] =
+        std::array::from_fn(|_| Vec::with_capacity(samples));
     for i in 0..samples {
         // A rotating order, so no path always follows the same one.
         for k in 0..4 {
             match (i + k) % 4 {
-                0 => v[0].push(floor.sample()),
-                1 => v[1].push(direct.sample_direct(rng.below(n))),
+                0 => t_floor.push(floor.sample()),
+                1 => t_direct.push(direct.sample_direct(rng.below(n))),
                 2 => {
                     let (t, c) = sim.sample(rng.below(n));
-                    v[2].push(t);
-                    v[3].push(c);
+                    t_sim.push(t);
+                    c_sim.push(c);
                 }
                 _ => {
                     let (t, c) = ctl.sample_sim(rng.below(n));
-                    v[4].push(t);
-                    v[5].push(c);
+                    t_ctl.push(t);
+                    c_ctl.push(c);
                 }
             }
         }
@@ -357,16 +360,14 @@ fn measure(n: usize, samples: usize, regime: Regime, rng: &mut Rng) -> Row {
     sim.stop();
     direct.stop(samples);
     ctl.stop(samples);
-    let [floor, direct, sim_floor, sim_floor_call, sim_signal, sim_signal_call] =
-        v.map(Summary::of);
     Row {
         n,
-        floor,
-        direct,
-        sim_floor,
-        sim_floor_call,
-        sim_signal,
-        sim_signal_call,
+        floor: Summary::of(t_floor),
+        direct: Summary::of(t_direct),
+        sim_floor: Summary::of(t_sim),
+        sim_floor_call: Summary::of(c_sim),
+        sim_signal: Summary::of(t_ctl),
+        sim_signal_call: Summary::of(c_ctl),
     }
 }
 
