@@ -1,6 +1,8 @@
 //! Shared by the bench targets: run length, percentiles, the simulated host's addresses.
 #![allow(dead_code)]
 
+pub mod affinity;
+
 use std::time::{Duration, Instant};
 use vfio_pm::PciAddress;
 
