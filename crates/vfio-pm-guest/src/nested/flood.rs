@@ -87,7 +87,7 @@ pub enum Hostile {
     /// Slot 0's `REQ` naming a slot the configuration does not have (1..=63).
     UnknownSlot,
     /// A word in a slot the SSDT does not have (slots 1.. of the page, also past
-    /// [`MAX_SLOTS`]).
+    /// [`vfio_pm_vmm::trap::MAX_SLOTS`]).
     ForeignSlot,
     /// Garbage in slot 0's `ACK` (the host's word).
     AckScribble,

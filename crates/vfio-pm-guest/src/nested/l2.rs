@@ -20,7 +20,7 @@
 //!
 //! Two optional steps: `vfiopm.flood=SECS` floods the mailbox and doorbell between steps 3 and
 //! 4 ([`super::flood`]); `vfiopm.reboot=1` reboots L2 after every step passed and checks the
-//! device again in the second boot ([`super::reboot`], [`after_reboot`]).
+//! device again in the second boot ([`super::reboot`]).
 
 use super::{flood, reboot};
 use crate::checks::{observe_stable, wait_suspended};
