@@ -17,7 +17,12 @@
 //!    LOW_POWER_EXIT, the kernel would answer SIGBUS and QEMU would die. The time from the
 //!    write of `on` to `active` is the guest's view of the `_ON` round trip
 //!    (`nested resume-ms`).
+//!
+//! Two optional steps: `vfiopm.flood=SECS` floods the mailbox and doorbell between steps 3 and
+//! 4 ([`super::flood`]); `vfiopm.reboot=1` reboots L2 after every step passed and checks the
+//! device again in the second boot ([`super::reboot`]).
 
+use super::{flood, reboot};
 use crate::checks::{observe_stable, wait_suspended};
 use crate::context::{cmdline_value, Ctx};
 use crate::report::Reporter;
@@ -47,8 +52,14 @@ fn idle_window() -> Duration {
         .min(MAX_IDLE)
 }
 
+fn d3cold(o: &vfio_pm::PowerObservation) -> bool {
+    o.power_state == PowerState::D3Cold && o.runtime_status == RuntimeStatus::Suspended
+}
+
 /// Runs the phase.
 pub fn run(ctx: &Ctx, r: &mut Reporter) {
+    // First of all: a second boot clears its marker before anything can fail.
+    let (plan, cmos) = reboot::this_boot(r);
     let sys = match ctx.sysfs.device(ctx.device) {
         Ok(d) => d,
         Err(e) => {
@@ -56,10 +67,42 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
             return;
         }
     };
-    let d3cold = |o: &vfio_pm::PowerObservation| {
-        o.power_state == PowerState::D3Cold && o.runtime_status == RuntimeStatus::Suspended
-    };
-    let (first, took) = wait_suspended(&sys, SUSPEND_LIMIT);
+    if let reboot::Plan::SecondBoot { .. } = plan {
+        after_reboot(&sys, r);
+        return;
+    }
+    if idle_steps(&sys, r) {
+        let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+        let secs = flood::flood_secs(&cmdline);
+        if !secs.is_zero() {
+            flood::run(&sys, r, secs);
+        }
+    }
+    bar_after_resume(&sys, r, "l2-");
+    if let (reboot::Plan::RebootAfter, Some(cmos)) = (plan, &cmos) {
+        if r.failed() == 0 {
+            reboot::reboot_now(r, cmos);
+        } else {
+            r.info("nested", "reboot-skipped (a check failed)");
+        }
+    }
+}
+
+/// The boot after L2's own reboot: the device, bound fresh, runtime-suspends to D3cold again
+/// (the new boot's `_OFF` works) and resumes for a BAR access.
+fn after_reboot(sys: &vfio_pm::SysfsDevice, r: &mut Reporter) {
+    let (first, took) = wait_suspended(sys, SUSPEND_LIMIT);
+    r.check(
+        "l2-reboot-idle-d3cold",
+        first.as_ref().is_ok_and(d3cold),
+        format!("{first:?} after {took:.1?} (want D3cold suspended)"),
+    );
+    bar_after_resume(sys, r, "l2-reboot-");
+}
+
+/// Steps 1-3; false when the device never reached D3cold (the rest of them is skipped).
+fn idle_steps(sys: &vfio_pm::SysfsDevice, r: &mut Reporter) -> bool {
+    let (first, took) = wait_suspended(sys, SUSPEND_LIMIT);
     let ok = first.as_ref().is_ok_and(d3cold);
     r.check(
         "l2-idle-d3cold",
@@ -67,7 +110,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         format!("{first:?} after {took:.1?} (want D3cold suspended)"),
     );
     if !ok {
-        return;
+        return false;
     }
     let window = idle_window();
     r.info("nested", IDLE_BEGIN);
@@ -77,7 +120,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
     while start.elapsed() < window {
         std::thread::sleep(Duration::from_millis(250));
         samples += 1;
-        match observe_stable(&sys) {
+        match observe_stable(sys) {
             Ok(o) if d3cold(&o) => {}
             o => other.push(format!("{:.1?}: {o:?}", start.elapsed())),
         }
@@ -93,13 +136,12 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         ),
     );
     let read = sys.read_config().map(|c| c.len());
-    let (after, took) = wait_suspended(&sys, SUSPEND_LIMIT);
+    let (after, took) = wait_suspended(sys, SUSPEND_LIMIT);
     r.check(
         "l2-config-read-resuspends",
         read.as_ref().is_ok_and(|n| *n >= 64) && after.as_ref().is_ok_and(d3cold),
         format!("config read {read:?}, then {after:?} after {took:.1?}"),
-    );
-    bar_after_resume(&sys, r);
+    )
 }
 
 /// Reads the first register of BAR0 through an mmap of the sysfs `resource0` file.
@@ -133,15 +175,15 @@ fn read_bar0(sys: &vfio_pm::SysfsDevice) -> Result<u32, String> {
     Ok(value)
 }
 
-/// Step 4: resume for use, then a BAR access; then back to automatic runtime PM.
-fn bar_after_resume(sys: &vfio_pm::SysfsDevice, r: &mut Reporter) {
+/// Step 4: resume for use, then a BAR access; then back to automatic runtime PM. Check names
+/// start with `prefix` (`l2-`, or `l2-reboot-` in the second boot, whose INFO is
+/// `nested reboot-resume-ms`).
+fn bar_after_resume(sys: &vfio_pm::SysfsDevice, r: &mut Reporter, prefix: &str) {
+    let read_check = format!("{prefix}bar-read-after-resume");
+    let info = format!("{}resume-ms", prefix.strip_prefix("l2-").unwrap_or(prefix));
     let start = Instant::now();
     if let Err(e) = sys.write("power/control", "on") {
-        r.check(
-            "l2-bar-read-after-resume",
-            false,
-            format!("power/control = on: {e}"),
-        );
+        r.check(&read_check, false, format!("power/control = on: {e}"));
         return;
     }
     let active = loop {
@@ -156,17 +198,17 @@ fn bar_after_resume(sys: &vfio_pm::SysfsDevice, r: &mut Reporter) {
         }
     };
     let resume = start.elapsed();
-    r.info("nested", format!("resume-ms {}", resume.as_millis()));
+    r.info("nested", format!("{info} {}", resume.as_millis()));
     let value = read_bar0(sys);
     r.check(
-        "l2-bar-read-after-resume",
+        &read_check,
         active && value.as_ref().is_ok_and(|v| *v != u32::MAX),
         format!("D0 active after {resume:.1?}: {active}; BAR0[0] = {value:x?}"),
     );
     let _ = sys.write("power/control", "auto");
     let (after, took) = wait_suspended(sys, SUSPEND_LIMIT);
     r.check(
-        "l2-suspends-after-use",
+        &format!("{prefix}suspends-after-use"),
         after
             .as_ref()
             .is_ok_and(|o| o.runtime_status == RuntimeStatus::Suspended),

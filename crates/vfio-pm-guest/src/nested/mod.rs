@@ -26,8 +26,10 @@
 //! kept in a bounded tail and printed (`<run>| ...`) at the end of the run.
 
 pub mod actions;
+pub mod flood;
 pub mod l2;
 pub mod plan;
+pub mod reboot;
 
 use crate::context::{cmdline_value, Ctx};
 use crate::report::Reporter;
