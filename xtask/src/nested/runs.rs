@@ -143,7 +143,7 @@ q=$!
     echo $! > /tmp/attach-agent.pid
     wait $!
     echo "{\"supervisor\":\"agent exited with $?\"}"
-    sleep 1
+    sleep 2
   done
 ) &
 s=$!

@@ -379,11 +379,16 @@ impl Loop<'_> {
         let plain = self.vpm.variant(slot) == Some(vfio_pm_vmm::controller::LowPowerVariant::Entry);
         if suspended_on_arrival && plain {
             match self.vpm.adopt_low_power(slot) {
-                Ok(()) => self.out.note(
-                    host,
-                    "the guest wants it off and the kernel had it runtime-suspended: low power \
-                     is still engaged (taken over, no host call)",
-                ),
+                Ok(()) => {
+                    self.out.note(
+                        host,
+                        "the guest wants it off and the kernel had it runtime-suspended: low \
+                         power is still engaged (taken over, no host call)",
+                    );
+                    // Our own start-up ioctls woke it; the kernel must put it back.
+                    self.checks
+                        .push((Instant::now() + KERNEL_CHECK_AFTER, slot));
+                }
                 Err(e) => self
                     .out
                     .note(host, &format!("taking over low power failed: {e:#}")),

@@ -1,4 +1,4 @@
-//! What L1 does beside a run at moments L2 announces (see [`plan::Action`]): an `lspci`-style
+//! What L1 does beside a run at moments L2 announces (see [`super::plan::Action`]): an `lspci`-style
 //! config read of L1's device, a SIGKILL to the agent, and what each must be followed by
 //! (the device runtime-suspends again; a supervisor restarts the agent). Also the agent's own
 //! cost over L2's idle window (`child_idle`).
