@@ -104,6 +104,7 @@ impl Default for Options {
                 "scenarios".into(),
                 "cli".into(),
                 "controller".into(),
+                "timing".into(),
             ],
             timeout: Duration::from_secs(120),
             idle_d3: IdleD3Boots::Also,
@@ -275,6 +276,7 @@ impl RunResult {
             Err(e) => hc.push(host_check("host-trap-decoder", false, format!("{e:#}"))),
         }
         hc.extend(interfaces_check(&kernel, &report));
+        hc.extend(crate::timing::host_check(&report));
         let conformance = conformance_sets(&kernel, platform, disable_idle_d3, &report, &mut hc);
         Self {
             kernel,

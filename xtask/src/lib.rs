@@ -13,6 +13,7 @@
 //! - [`harness`]: the kernel × platform matrix and its summary.
 //! - [`trap`]: the host-side check of the trap bytes the guest's `_ON`/`_OFF` calls wrote.
 //! - [`conformance`]: the guest's scenario traces vs the model's, and the conformance table.
+//! - [`timing`]: the guest's informational ENTRY/EXIT timings, checked for shape and tabled.
 //! - [`rootport`]: the laptop topology (`_PR3` on the root port, not the endpoint), one boot
 //!   per kernel.
 //! - [`nested`]: a real host kernel (L1) in QEMU running the machine's QEMU with a real guest
@@ -35,6 +36,7 @@ pub mod nested;
 pub mod qemu;
 pub mod rootport;
 pub mod ssdt;
+pub mod timing;
 pub mod tour;
 pub mod trap;
 

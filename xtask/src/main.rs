@@ -136,6 +136,10 @@ fn main() -> Result<()> {
         "qemu" => {
             let summary = xtask::run(&opts)?;
             println!("{summary}");
+            let timings = xtask::timing::table(&summary);
+            if !timings.is_empty() {
+                println!("\n{timings}");
+            }
             if !summary.all_passed() {
                 std::process::exit(1);
             }

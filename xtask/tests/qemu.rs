@@ -36,8 +36,9 @@ fn vfio_pm_on_real_kernels_in_qemu() {
         ),
     };
     loud(&format!(
-        "{summary}\nmodel vs kernel:\n{}(total {:.1?})",
+        "{summary}\nmodel vs kernel:\n{}\n{}(total {:.1?})",
         xtask::conformance::report(&summary),
+        xtask::timing::table(&summary),
         start.elapsed()
     ));
     let kernels = xtask::KernelSeries::ALL.len();
@@ -101,6 +102,17 @@ fn vfio_pm_on_real_kernels_in_qemu() {
         assert!(
             cli >= 25,
             "{} {}: only {cli} cli checks\n{summary}",
+            r.kernel.release,
+            r.platform
+        );
+        // The informational timings were measured and parse (their values are not judged).
+        let timing = r
+            .host_checks
+            .iter()
+            .find(|c| c.name == "host-timing-figures");
+        assert!(
+            timing.is_some_and(|c| c.passed),
+            "{} {}: timing figures missing or malformed: {timing:?}\n{summary}",
             r.kernel.release,
             r.platform
         );

@@ -20,6 +20,7 @@ pub mod nested;
 pub mod rebind;
 pub mod report;
 pub mod scenarios;
+pub mod timing;
 pub mod tour;
 
 use context::Ctx;
@@ -34,6 +35,7 @@ pub const PHASES: &[Phase] = &[
     ("scenarios", scenarios::run),
     ("cli", cli::run),
     ("controller", controller::run),
+    ("timing", timing::run),
     ("idle-d3-rebind", rebind::run),
     ("tour", tour::run),
     ("nested", nested::run),
