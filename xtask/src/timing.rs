@@ -19,6 +19,11 @@ pub const DISTRIBUTIONS: [&str; 5] = [
     "poll_ms",
 ];
 
+/// The INFO keys of what the first poll after each ENTRY and EXIT read.
+pub const FIRST_AFTER_ENTRY: &str = "timing-first-poll-after-entry";
+/// See [`FIRST_AFTER_ENTRY`].
+pub const FIRST_AFTER_EXIT: &str = "timing-first-poll-after-exit";
+
 /// The kernel's suspended-time counter against the windows the guest saw.
 pub const SUSPENDED_TOTAL: &str = "suspended_total_ms";
 
@@ -203,8 +208,34 @@ pub fn table(summary: &Summary) -> String {
         "Real-kernel low-power timings, milliseconds over the ENTRY/EXIT cycles of each boot \
          (informational: QEMU TCG timings are not hardware timings)\n\n\
          | kernel | figure | D3hot p50 | D3hot max | D3cold p50 | D3cold max |\n\
-         |---|---|---:|---:|---:|---:|\n{out}"
+         |---|---|---:|---:|---:|---:|\n{out}{}",
+        first_polls(summary)
     )
+}
+
+/// The guest's `timing-first-poll-after-*` notes, one line per boot (what sysfs read right
+/// after each ioctl returned: whether the transition was still under way).
+fn first_polls(summary: &Summary) -> String {
+    let mut out = String::new();
+    for r in summary.runs.iter().filter(|r| !r.disable_idle_d3) {
+        let entry = r.report.info(FIRST_AFTER_ENTRY);
+        let exit = r.report.info(FIRST_AFTER_EXIT);
+        if entry.is_some() || exit.is_some() {
+            let _ = writeln!(
+                out,
+                "- {} {}: first poll after ENTRY read {}; after EXIT {}",
+                r.kernel.release,
+                r.platform,
+                entry.unwrap_or("-"),
+                exit.unwrap_or("-")
+            );
+        }
+    }
+    if out.is_empty() {
+        out
+    } else {
+        format!("\nFirst sysfs poll after each ioctl returned (`status/state=cycles`):\n{out}")
+    }
 }
 
 #[cfg(test)]
@@ -225,6 +256,7 @@ mod tests {
              VFIOPM INFO timing exit_to_active_ms n=10 min=0.1 p50=0.2 max=0.4\n\
              VFIOPM INFO timing poll_ms n=812 min=0.01 p50=0.02 max=1.5\n\
              VFIOPM INFO timing suspended_total_ms n=10 kernel=231 observed=229.8\n\
+             VFIOPM INFO timing-first-poll-after-exit active/D0=10\n\
              VFIOPM CHECK timing-cycles PASS 10 of 10\n\
              VFIOPM END timing\n"
         )
@@ -327,6 +359,10 @@ mod tests {
         );
         assert!(
             t.contains("| 6.12.1 | suspended_total_ms (kernel / observed) | 231.00 | 229.80 |"),
+            "{t}"
+        );
+        assert!(
+            t.contains("- 6.12.1 d3cold: first poll after ENTRY read -; after EXIT active/D0=10"),
             "{t}"
         );
         // 2 kernels x 6 figures, header and separator.

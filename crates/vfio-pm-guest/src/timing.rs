@@ -18,6 +18,8 @@
 //! ```
 //!
 //! `poll_ms` is the cost of one poll (both files read): the resolution of the `_to_` figures.
+//! `timing-first-poll-after-entry|exit` (not figures) count what the first poll read
+//! (`status/state=cycles`): after EXIT it tells whether the ioctl returned with the resume done.
 //! `suspended_total_ms` compares the kernel's `power/runtime_suspended_time` growth over all
 //! cycles with the windows the poller saw (suspended seen → EXIT issued). One check,
 //! `timing-cycles`, says every cycle reached both states.
@@ -25,6 +27,7 @@
 use crate::checks::wait_suspended;
 use crate::context::Ctx;
 use crate::report::Reporter;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 use vfio_pm::{ConformanceDevice, KernelDevice, LowPower, PowerState, RuntimeStatus, SysfsDevice};
@@ -79,12 +82,14 @@ fn read(dir: &Path, rel: &str) -> Option<String> {
 }
 
 /// Polls until `runtime_status` and `power_state` read `status` and `state`; returns when that
-/// was first seen, or `None` at [`STATE_LIMIT`]. Each poll's cost goes to `polls`.
+/// was first seen, or `None` at [`STATE_LIMIT`]. Each poll's cost goes to `polls`; the first
+/// poll's reading (`status/state`) to `first`.
 fn poll_until(
     dir: &Path,
     status: &RuntimeStatus,
     state: &PowerState,
     polls: &mut Vec<f64>,
+    mut first: Option<&mut String>,
 ) -> Option<Instant> {
     let start = Instant::now();
     loop {
@@ -92,6 +97,13 @@ fn poll_until(
         let st = read(dir, "power/runtime_status").map(|s| RuntimeStatus::from_sysfs(&s));
         let ps = read(dir, "power_state").map(|s| PowerState::from_sysfs(&s));
         let now = Instant::now();
+        if let Some(f) = first.take() {
+            *f = format!(
+                "{}/{}",
+                st.as_ref().map_or("?".into(), ToString::to_string),
+                ps.as_ref().map_or("?".into(), ToString::to_string)
+            );
+        }
         if polls.len() < 10_000 {
             polls.push(ms(now - t));
         }
@@ -118,6 +130,9 @@ struct Samples {
     exit_to_active: Vec<f64>,
     polls: Vec<f64>,
     observed_suspended: f64,
+    /// What the first poll after ENTRY and after EXIT read, with how many cycles read it.
+    first_after_entry: BTreeMap<String, u32>,
+    first_after_exit: BTreeMap<String, u32>,
 }
 
 /// One cycle; `Err` says which step did not happen.
@@ -126,14 +141,31 @@ fn cycle(ctx: &Ctx, dev: &KernelDevice, dir: &Path, s: &mut Samples) -> Result<(
     let t0 = Instant::now();
     dev.enter_low_power().map_err(|e| format!("ENTRY: {e}"))?;
     let t1 = Instant::now();
-    let t2 = poll_until(dir, &RuntimeStatus::Suspended, &d3, &mut s.polls)
-        .ok_or_else(|| format!("not suspended in {d3} within {STATE_LIMIT:?} of ENTRY"))?;
+    let mut first = String::new();
+    let t2 = poll_until(
+        dir,
+        &RuntimeStatus::Suspended,
+        &d3,
+        &mut s.polls,
+        Some(&mut first),
+    )
+    .ok_or_else(|| format!("not suspended in {d3} within {STATE_LIMIT:?} of ENTRY"))?;
+    *s.first_after_entry
+        .entry(std::mem::take(&mut first))
+        .or_default() += 1;
     std::thread::sleep(HOLD);
     let t3 = Instant::now();
     dev.exit_low_power().map_err(|e| format!("EXIT: {e}"))?;
     let t4 = Instant::now();
-    let t5 = poll_until(dir, &RuntimeStatus::Active, &PowerState::D0, &mut s.polls)
-        .ok_or_else(|| format!("not D0 active within {STATE_LIMIT:?} of EXIT"))?;
+    let t5 = poll_until(
+        dir,
+        &RuntimeStatus::Active,
+        &PowerState::D0,
+        &mut s.polls,
+        Some(&mut first),
+    )
+    .ok_or_else(|| format!("not D0 active within {STATE_LIMIT:?} of EXIT"))?;
+    *s.first_after_exit.entry(first).or_default() += 1;
     s.entry_ioctl.push(ms(t1 - t0));
     s.entry_to_suspended.push(ms(t2 - t1));
     s.exit_ioctl.push(ms(t4 - t3));
@@ -166,6 +198,7 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         &RuntimeStatus::Active,
         &PowerState::D0,
         &mut Vec::new(),
+        None,
     )
     .is_none()
     .then(|| "not D0 active after open".to_string());
@@ -190,6 +223,13 @@ pub fn run(ctx: &Ctx, r: &mut Reporter) {
         ("poll_ms", &s.polls),
     ] {
         r.info(INFO_KEY, distribution_line(name, v));
+    }
+    for (key, seen) in [
+        ("timing-first-poll-after-entry", &s.first_after_entry),
+        ("timing-first-poll-after-exit", &s.first_after_exit),
+    ] {
+        let text: Vec<String> = seen.iter().map(|(k, n)| format!("{k}={n}")).collect();
+        r.info(key, text.join(" "));
     }
     if let (Some(b), Some(a)) = (before, after) {
         r.info(
