@@ -387,6 +387,13 @@ impl PowerDevice for KernelDevice {
             HostKnob::RuntimePmAllowed(false) => ("power/control", "on"),
             HostKnob::D3ColdAllowed(on) => ("d3cold_allowed", if on { "1" } else { "0" }),
         };
+        // A knob already set is left alone: writing `d3cold_allowed` resumes the device
+        // (`d3cold_allowed_store` calls `pm_runtime_resume`, drivers/pci/pci-sysfs.c), and a
+        // device in plain low power that this wakes is not always suspended again
+        // (docs/kernel-behaviour.md).
+        if self.sysfs.attribute(file).known().map(String::as_str) == Some(value) {
+            return Ok(());
+        }
         self.sysfs.write(file, value).map_err(sysfs_errno)
     }
 }

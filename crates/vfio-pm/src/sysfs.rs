@@ -322,6 +322,11 @@ impl SysfsDevice {
         &self.dir
     }
 
+    /// One attribute's text, trimmed (`unknown` with the reason when it cannot be read).
+    pub fn attribute(&self, rel: &str) -> Field<String> {
+        self.text(rel)
+    }
+
     fn text(&self, rel: &str) -> Field<String> {
         match read_trimmed(&self.dir.join(rel)) {
             Ok(s) => Field::Known(s),

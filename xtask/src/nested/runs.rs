@@ -188,6 +188,10 @@ pub fn attach_run(prep: &Prepared) -> NestedRun {
         actions: vec![
             at(2000, ActionKind::ConfigRead),
             at(5000, ActionKind::Kill(ATTACH_PIDFILE.into())),
+            // The agent is gone (its supervisor waits 2 s): low power must still be engaged.
+            at(6000, ActionKind::ConfigRead),
+            // After the new agent took the device over.
+            at(11000, ActionKind::ConfigRead),
         ],
         forward_json: true,
         ..NestedRun::bare(
@@ -202,10 +206,11 @@ pub fn attach_run(prep: &Prepared) -> NestedRun {
                     min: 0.75,
                     max: 1.0,
                 },
+                // The entry, each config read's wake, the restarted agent's start-up.
                 Expect::L1Offs {
                     window: TrapWindow::UntilIdleEnd,
                     min: 1,
-                    max: 8,
+                    max: 12,
                 },
                 Expect::AgentSaid("low power is still engaged".into()),
                 Expect::FloodBounded {

@@ -15,8 +15,8 @@ const RESTART_LIMIT: Duration = Duration::from_secs(30);
 
 /// A condition being waited for after an action.
 enum Watch {
-    /// L1's device back in `D3cold suspended`.
-    Resuspend { since: Instant },
+    /// L1's device back in `D3cold suspended` after config read `n`.
+    Resuspend { since: Instant, n: u32 },
     /// The pid file names a live `vfio-pm` other than `old`.
     Restart {
         pidfile: String,
@@ -32,6 +32,8 @@ pub struct Actions {
     todo: Vec<Action>,
     due: Vec<(Instant, ActionKind)>,
     watches: Vec<Watch>,
+    /// Config reads done so far (their checks are numbered from 1).
+    reads: u32,
 }
 
 fn pid_in(path: &str) -> Option<i32> {
@@ -57,6 +59,7 @@ impl Actions {
             todo: todo.to_vec(),
             due: Vec::new(),
             watches: Vec::new(),
+            reads: 0,
         }
     }
 
@@ -112,8 +115,8 @@ impl Actions {
         }
         for w in std::mem::take(&mut self.watches) {
             let name = match w {
-                Watch::Resuspend { .. } => "l1-resuspended",
-                Watch::Restart { .. } => "agent-restarted",
+                Watch::Resuspend { n, .. } => format!("l1-resuspended-{n}"),
+                Watch::Restart { .. } => "agent-restarted".to_string(),
             };
             r.check(
                 &format!("{}.{name}", self.run),
@@ -136,8 +139,10 @@ impl Actions {
             o.power_state == vfio_pm::PowerState::D3Cold
                 && o.runtime_status == vfio_pm::RuntimeStatus::Suspended
         });
+        self.reads += 1;
+        let n = self.reads;
         r.check(
-            &format!("{}.l1-config-read", self.run),
+            &format!("{}.l1-config-read-{n}", self.run),
             was_d3cold && vendor.is_some_and(|v| v != 0xffff),
             format!(
                 "L1 device {before:?} before; config read {:?} bytes, vendor {vendor:04x?} \
@@ -147,6 +152,7 @@ impl Actions {
         );
         self.watches.push(Watch::Resuspend {
             since: Instant::now(),
+            n,
         });
     }
 
@@ -176,13 +182,13 @@ impl Actions {
     /// A watch's verdict, or the watch back when undecided.
     fn judge(&self, r: &mut Reporter, w: Watch, sample: Option<(&str, Instant)>) -> Option<Watch> {
         match w {
-            Watch::Resuspend { since } => {
+            Watch::Resuspend { since, n } => {
                 // Only a sample taken after the read counts.
                 let state = sample.filter(|(_, at)| *at > since).map(|(s, _)| s);
                 let done = state == Some("D3cold suspended");
                 if done || since.elapsed() > RESUSPEND_LIMIT {
                     r.check(
-                        &format!("{}.l1-resuspended", self.run),
+                        &format!("{}.l1-resuspended-{n}", self.run),
                         done,
                         format!(
                             "L1 device {state:?} {:.1?} after the config read",
@@ -191,7 +197,7 @@ impl Actions {
                     );
                     return None;
                 }
-                Some(Watch::Resuspend { since })
+                Some(Watch::Resuspend { since, n })
             }
             Watch::Restart {
                 pidfile,
