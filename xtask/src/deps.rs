@@ -13,6 +13,9 @@ pub const PACKAGES: &[&str] = &[
     "xz-utils",
     // Signs trixie-backports and sid, where the newest kernel comes from (crate::apt).
     "debian-archive-keyring",
+    // virt-xml-validate and libvirt's schemas: the libvirt XML `vfio-pm qemu print-args
+    // --libvirt` prints is checked against them (crates/vfio-pm-cli/tests/libvirt_xml.rs).
+    "libvirt-clients",
 ];
 
 /// Whether a Debian package is installed.
