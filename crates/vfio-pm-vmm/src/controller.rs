@@ -394,11 +394,14 @@ impl Controller {
             );
         }
         if let Some(allowed) = settings.d3cold {
-            let r = self
-                .entry_mut(slot)?
-                .dev
-                .set_host_knob(HostKnob::D3ColdAllowed(allowed));
-            self.host_call(slot, HostCall::D3ColdAllowed(allowed), r);
+            let knob = HostKnob::D3ColdAllowed(allowed);
+            let dev = &self.entry_mut(slot)?.dev;
+            // Not written again when already set: the write resumes the device, and a VMM side
+            // that restarts while low power is engaged would wake it (docs/kernel-behaviour.md).
+            if dev.host_knob_is(knob) != Some(true) {
+                let r = dev.set_host_knob(knob);
+                self.host_call(slot, HostCall::D3ColdAllowed(allowed), r);
+            }
         }
         Ok(slot)
     }

@@ -823,3 +823,74 @@ fn adopting_a_device_already_in_plain_low_power() {
         "and the next _OFF enters as usual"
     );
 }
+
+/// A SimDevice whose `d3cold_allowed` reads as already set.
+struct KnobAlreadySet(SimDevice);
+
+impl PowerDevice for KnobAlreadySet {
+    fn address(&self) -> PciAddress {
+        self.0.address()
+    }
+    fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
+        self.0.device_feature(argsz, flags, payload)
+    }
+    fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
+        self.0.region_read(region, offset, buf)
+    }
+    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
+        self.0.region_write(region, offset, data)
+    }
+    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
+        self.0.set_host_knob(knob)
+    }
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        Some(knob == HostKnob::D3ColdAllowed(true))
+    }
+}
+
+/// `d3cold_allowed` is written when the device cannot say, and not when it reads as set (the
+/// write resumes the device: a restarted VMM side must not wake an engaged device with it).
+#[test]
+fn d3cold_allowed_is_not_written_again_when_already_set() {
+    let host = SimHost::builder()
+        .platform(Platform::D3cold)
+        .device(DeviceConfig::new(addr(0)))
+        .device(DeviceConfig::new(addr(1)))
+        .build()
+        .unwrap();
+    let log = EventLog::new();
+    let mut ctl = Controller::new(
+        ControllerConfig::default(),
+        Box::new(RecordingNotifier::new()),
+        Box::new(ManualClock::new()),
+        Box::new(log.clone()),
+    )
+    .unwrap();
+    let settings = |i| {
+        let mut s = DeviceSettings::new(E1000E.0, Some(0x10d3), E1000E.1, Some(route(i)));
+        s.d3cold = Some(true);
+        s
+    };
+    let plain = ctl
+        .add_device(Box::new(host.open(addr(0)).unwrap()), settings(0))
+        .unwrap();
+    let set = ctl
+        .add_device(
+            Box::new(KnobAlreadySet(host.open(addr(1)).unwrap())),
+            settings(1),
+        )
+        .unwrap();
+    let knob_calls = |slot| {
+        log.count(slot, |e| {
+            matches!(
+                e,
+                Event::HostCall {
+                    call: HostCall::D3ColdAllowed(true),
+                    ..
+                }
+            )
+        })
+    };
+    assert_eq!(knob_calls(plain), 1);
+    assert_eq!(knob_calls(set), 0);
+}

@@ -74,6 +74,15 @@ pub trait PowerDevice: Send {
 
     /// Writes a host-side sysfs knob.
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno>;
+
+    /// Whether the knob already has this value, where the backend can read it (`None`: unknown,
+    /// write it). Lets a caller skip a write that changes nothing, since some writes have side
+    /// effects: a `d3cold_allowed` write resumes the device (`d3cold_allowed_store` calls
+    /// `pm_runtime_resume`, drivers/pci/pci-sysfs.c; docs/kernel-behaviour.md).
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        let _ = knob;
+        None
+    }
 }
 
 /// The operations beyond [`PowerDevice`] that conformance scenarios, the CLI's diagnostics and
@@ -152,6 +161,9 @@ impl<T: PowerDevice + ?Sized> PowerDevice for Box<T> {
     }
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
         (**self).set_host_knob(knob)
+    }
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        (**self).host_knob_is(knob)
     }
 }
 

@@ -362,6 +362,15 @@ fn sysfs_errno(e: SysfsError) -> Errno {
     }
 }
 
+/// The sysfs attribute of a knob and the text that sets it.
+fn knob_file(knob: HostKnob) -> (&'static str, &'static str) {
+    match knob {
+        HostKnob::RuntimePmAllowed(true) => ("power/control", "auto"),
+        HostKnob::RuntimePmAllowed(false) => ("power/control", "on"),
+        HostKnob::D3ColdAllowed(on) => ("d3cold_allowed", if on { "1" } else { "0" }),
+    }
+}
+
 impl PowerDevice for KernelDevice {
     fn address(&self) -> PciAddress {
         self.address
@@ -382,19 +391,14 @@ impl PowerDevice for KernelDevice {
     }
 
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
-        let (file, value) = match knob {
-            HostKnob::RuntimePmAllowed(true) => ("power/control", "auto"),
-            HostKnob::RuntimePmAllowed(false) => ("power/control", "on"),
-            HostKnob::D3ColdAllowed(on) => ("d3cold_allowed", if on { "1" } else { "0" }),
-        };
-        // A knob already set is left alone: writing `d3cold_allowed` resumes the device
-        // (`d3cold_allowed_store` calls `pm_runtime_resume`, drivers/pci/pci-sysfs.c), and a
-        // device in plain low power that this wakes is not always suspended again
-        // (docs/kernel-behaviour.md).
-        if self.sysfs.attribute(file).known().map(String::as_str) == Some(value) {
-            return Ok(());
-        }
+        let (file, value) = knob_file(knob);
         self.sysfs.write(file, value).map_err(sysfs_errno)
+    }
+
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        let (file, value) = knob_file(knob);
+        let now = self.sysfs.attribute(file).known()?.clone();
+        Some(now == value)
     }
 }
 

@@ -91,6 +91,10 @@ impl<D: PowerDevice> PowerDevice for TimedDevice<D> {
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
         self.dev.set_host_knob(knob)
     }
+
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        self.dev.host_knob_is(knob)
+    }
 }
 
 #[cfg(test)]
