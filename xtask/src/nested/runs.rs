@@ -129,7 +129,8 @@ pub const ATTACH_IDLE_SECS: u64 = 14;
 /// The attach run's script (`sh -c SCRIPT sh CLI QEMU ARGS...`): `print-args` for the command
 /// line, QEMU started with what it printed, and a supervisor that (re)starts `vfio-pm qemu
 /// attach --json` for QEMU's pid as long as QEMU runs (as `Restart=always` would), writing
-/// each agent's pid to `ATTACH_PIDFILE`. Exits with QEMU's status.
+/// each agent's pid to `ATTACH_PIDFILE`; the agents write to stderr, away from QEMU's console
+/// on stdout (both are read line by line). Exits with QEMU's status.
 pub const ATTACH_SCRIPT: &str = r#"set -u
 cli=$1; shift
 dir=/tmp/vfio-pm-attach
@@ -139,10 +140,10 @@ while IFS= read -r a; do set -- "$@" "$a"; done < "$dir.args"
 q=$!
 (
   while kill -0 "$q" 2>/dev/null; do
-    "$cli" qemu attach --name nested --state-dir "$dir" --pid "$q" --json &
+    "$cli" qemu attach --name nested --state-dir "$dir" --pid "$q" --json >&2 &
     echo $! > /tmp/attach-agent.pid
     wait $!
-    echo "{\"supervisor\":\"agent exited with $?\"}"
+    echo "{\"supervisor\":\"agent exited with $?\"}" >&2
     sleep 2
   done
 ) &

@@ -181,6 +181,17 @@ impl Driver<'_> {
         self.tail.push_back(line);
     }
 
+    /// One line of the run's stderr: kept; with `forward_json`, a JSON line is forwarded (a
+    /// run gives the agent its own pipe, since QEMU's console on stdout is written in pieces
+    /// and would interleave with the agent's lines within a line).
+    fn err_line(&mut self, raw: &str) {
+        let clean = cut(raw);
+        if self.run.forward_json && clean.starts_with('{') {
+            emit(&format!("VFIOPM AGENT {} {clean}", self.run.name));
+        }
+        self.keep(format!("stderr: {clean}"));
+    }
+
     /// One line of the run's stdout: L2's protocol lines are forwarded, the rest kept.
     fn line(&mut self, ctx: &Ctx, r: &mut Reporter, raw: &str, child: &mut Child) {
         let clean = cut(raw);
@@ -272,7 +283,7 @@ fn one_run(ctx: &Ctx, r: &mut Reporter, plan: &Plan, run: &Run, sys: &SysfsDevic
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
         match l {
             Line::Out(s) => d.line(ctx, r, &s, &mut child),
-            Line::Err(s) => d.keep(format!("stderr: {}", cut(&s))),
+            Line::Err(s) => d.err_line(&s),
         }
     }
     d.sample(sys);
@@ -342,7 +353,7 @@ fn drive(
         let wait = next_sample.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait.max(Duration::from_millis(1))) {
             Ok(Line::Out(s)) => d.line(ctx, r, &s, child),
-            Ok(Line::Err(s)) => d.keep(format!("stderr: {}", cut(&s))),
+            Ok(Line::Err(s)) => d.err_line(&s),
             Err(RecvTimeoutError::Timeout) => {}
             // Both pipes closed: only the exit status is left to wait for.
             Err(RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
