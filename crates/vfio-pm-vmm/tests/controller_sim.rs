@@ -436,29 +436,50 @@ fn old_kernel_falls_back_to_d3hot_through_pmcsr() {
     assert_eq!(r.ctl.power_on(r.slots[1]).unwrap(), RequestOutcome::Exited);
 }
 
-/// A SimDevice whose low-power entries answer a chosen errno (fault injection on top of the
-/// simulated kernel; everything else goes to the model).
-struct EntryErrno(SimDevice, Errno);
+/// A SimDevice with chosen answers on top of the simulated kernel (everything else goes to the
+/// model): low-power entries fail with `entry_errno`, and `host_knob_is` reads `d3cold_allowed`
+/// as already set when `knob_set`.
+struct Injected {
+    dev: SimDevice,
+    entry_errno: Option<Errno>,
+    knob_set: bool,
+}
 
-impl PowerDevice for EntryErrno {
+impl Injected {
+    fn new(dev: SimDevice) -> Self {
+        Self {
+            dev,
+            entry_errno: None,
+            knob_set: false,
+        }
+    }
+}
+
+impl PowerDevice for Injected {
     fn address(&self) -> PciAddress {
-        self.0.address()
+        self.dev.address()
     }
     fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
         let index = flags & vfio_pm::feature::FEATURE_MASK;
-        if flags & vfio_pm::feature::FLAG_PROBE == 0 && (index == 3 || index == 4) {
-            return Err(self.1);
+        if let Some(errno) = self.entry_errno {
+            if flags & vfio_pm::feature::FLAG_PROBE == 0 && (index == 3 || index == 4) {
+                return Err(errno);
+            }
         }
-        self.0.device_feature(argsz, flags, payload)
+        self.dev.device_feature(argsz, flags, payload)
     }
     fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.0.region_read(region, offset, buf)
+        self.dev.region_read(region, offset, buf)
     }
     fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        self.0.region_write(region, offset, data)
+        self.dev.region_write(region, offset, data)
     }
     fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
-        self.0.set_host_knob(knob)
+        self.dev.set_host_knob(knob)
+    }
+    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
+        self.knob_set
+            .then_some(knob == HostKnob::D3ColdAllowed(true))
     }
 }
 
@@ -468,7 +489,10 @@ fn injected(errno: Errno) -> (SimHost, Controller, EventLog, Slot) {
         .build()
         .unwrap();
     let a = host.addresses()[0];
-    let dev = EntryErrno(host.open(a).unwrap(), errno);
+    let dev = Injected {
+        entry_errno: Some(errno),
+        ..Injected::new(host.open(a).unwrap())
+    };
     let log = EventLog::new();
     let mut ctl = Controller::new(
         ControllerConfig::default(),
@@ -824,30 +848,6 @@ fn adopting_a_device_already_in_plain_low_power() {
     );
 }
 
-/// A SimDevice whose `d3cold_allowed` reads as already set.
-struct KnobAlreadySet(SimDevice);
-
-impl PowerDevice for KnobAlreadySet {
-    fn address(&self) -> PciAddress {
-        self.0.address()
-    }
-    fn device_feature(&self, argsz: u32, flags: u32, payload: &[u8]) -> Result<(), Errno> {
-        self.0.device_feature(argsz, flags, payload)
-    }
-    fn region_read(&self, region: u32, offset: u64, buf: &mut [u8]) -> Result<usize, Errno> {
-        self.0.region_read(region, offset, buf)
-    }
-    fn region_write(&self, region: u32, offset: u64, data: &[u8]) -> Result<usize, Errno> {
-        self.0.region_write(region, offset, data)
-    }
-    fn set_host_knob(&self, knob: HostKnob) -> Result<(), Errno> {
-        self.0.set_host_knob(knob)
-    }
-    fn host_knob_is(&self, knob: HostKnob) -> Option<bool> {
-        Some(knob == HostKnob::D3ColdAllowed(true))
-    }
-}
-
 /// `d3cold_allowed` is written when the device cannot say, and not when it reads as set (the
 /// write resumes the device: a restarted VMM side must not wake an engaged device with it).
 #[test]
@@ -876,7 +876,10 @@ fn d3cold_allowed_is_not_written_again_when_already_set() {
         .unwrap();
     let set = ctl
         .add_device(
-            Box::new(KnobAlreadySet(host.open(addr(1)).unwrap())),
+            Box::new(Injected {
+                knob_set: true,
+                ..Injected::new(host.open(addr(1)).unwrap())
+            }),
             settings(1),
         )
         .unwrap();

@@ -371,28 +371,21 @@ impl Loop<'_> {
     }
 
     /// The guest's last acknowledged request was `_OFF` (an agent replacing one that stopped).
-    /// Runtime-suspended when the agent arrived, the device is still engaged: taken over
-    /// without a host call. Otherwise it is entered again (an engaged but awake device answers
-    /// EINVAL, which the controller handles with EXIT and a second ENTRY).
+    /// Runtime-suspended when the agent arrived, the device is still engaged: the controller
+    /// takes it over without a host call where it can (plain entry). Otherwise it is entered
+    /// again (an engaged but awake device answers EINVAL, which the controller handles with EXIT
+    /// and a second ENTRY).
     fn restore_off(&mut self, slot: Slot, suspended_on_arrival: bool) {
         let host = self.hosts.get(slot.index() as usize).copied();
-        let plain = self.vpm.variant(slot) == Some(vfio_pm_vmm::controller::LowPowerVariant::Entry);
-        if suspended_on_arrival && plain {
-            match self.vpm.adopt_low_power(slot) {
-                Ok(()) => {
-                    self.out.note(
-                        host,
-                        "the guest wants it off and the kernel had it runtime-suspended: low \
-                         power is still engaged (taken over, no host call)",
-                    );
-                    // Our own start-up ioctls woke it; the kernel must put it back.
-                    self.checks
-                        .push((Instant::now() + KERNEL_CHECK_AFTER, slot));
-                }
-                Err(e) => self
-                    .out
-                    .note(host, &format!("taking over low power failed: {e:#}")),
-            }
+        if suspended_on_arrival && self.vpm.adopt_low_power(slot).is_ok() {
+            self.out.note(
+                host,
+                "the guest wants it off and the kernel had it runtime-suspended: low power is \
+                 still engaged (taken over, no host call)",
+            );
+            // Our own start-up ioctls woke it; the kernel must put it back.
+            self.checks
+                .push((Instant::now() + KERNEL_CHECK_AFTER, slot));
             return;
         }
         if let Err(e) = self.vpm.handle_request(GuestRequest::power_off(slot)) {
