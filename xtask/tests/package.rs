@@ -79,6 +79,45 @@ fn forget_stale_overlay_sources() {
     }
 }
 
+/// Forgets what an earlier run built from the overlay: cargo takes registry packages to be
+/// immutable, so a `vfio-pm 0.1.0` compiled from an older overlay (same version, other sources)
+/// would be linked again and the verification would build against stale code. The builds are
+/// told apart by their dep-info file, which names the overlay's extracted sources.
+fn forget_stale_overlay_builds() {
+    let debug = target_dir().join("debug");
+    let Ok(entries) = std::fs::read_dir(debug.join("deps")) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(stem) = name.strip_suffix(".d") else {
+            continue;
+        };
+        let Some((lib, hash)) = stem.rsplit_once('-') else {
+            continue;
+        };
+        let Some(krate) = LIBRARIES.iter().find(|p| p.replace('-', "_") == lib) else {
+            continue;
+        };
+        let from_overlay = std::fs::read_to_string(e.path()).is_ok_and(|t| {
+            t.lines()
+                .next()
+                .is_some_and(|l| l.contains("/registry/src/-"))
+        });
+        if !from_overlay {
+            continue;
+        }
+        for f in [
+            format!("lib{lib}-{hash}.rlib"),
+            format!("lib{lib}-{hash}.rmeta"),
+            name.clone(),
+        ] {
+            let _ = std::fs::remove_file(debug.join("deps").join(f));
+        }
+        let _ = std::fs::remove_dir_all(debug.join(".fingerprint").join(format!("{krate}-{hash}")));
+    }
+}
+
 #[test]
 fn every_crate_package_carries_readme_and_both_licenses() {
     for package in LIBRARIES.iter().copied().chain(["vfio-pm-cli"]) {
@@ -130,6 +169,7 @@ fn the_library_crates_package_and_build_from_their_crate_files() {
         let _ = std::fs::remove_file(crate_file(p));
     }
     forget_stale_overlay_sources();
+    forget_stale_overlay_builds();
     let out = cargo_package(&args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "cargo package {args:?}:\n{stderr}");
